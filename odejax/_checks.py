@@ -1,0 +1,130 @@
+"""Input validation and failure reporting.
+
+Problems visible at trace time raise Python exceptions that name the argument; value problems
+inside ``jit`` use ``equinox.error_if``. A failed solve raises (``throw=True``) from one host
+callback after the loop, which runs only when the status is not success.
+"""
+
+from __future__ import annotations
+
+import numbers
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax import lax
+
+from ._solution import Status
+
+__all__ = [
+    "OdeSolveError",
+    "check_nonnegative",
+    "check_vector_field",
+    "raise_if_failed",
+    "state_dtype",
+]
+
+
+class OdeSolveError(RuntimeError):
+    """A solve failed (max steps, step-size underflow, non-finite state)."""
+
+
+def state_dtype(z0) -> jnp.dtype:
+    """The floating dtype shared by the leaves of ``z0``; a TypeError for integer states."""
+    leaves = jax.tree.leaves(z0)
+    if not leaves:
+        raise ValueError("z0 has no array leaves: give the initial state as a pytree of arrays.")
+    dtypes = []
+    for leaf in leaves:
+        dt = jnp.result_type(leaf)
+        if not jnp.issubdtype(dt, jnp.inexact):
+            raise TypeError(
+                f"z0 has a leaf of dtype {dt}; ODE states must be floating point. Pass floats,"
+                " e.g. jnp.asarray(z0, dtype=float)."
+            )
+        dtypes.append(dt)
+    return jnp.result_type(*dtypes)
+
+
+def check_nonnegative(name: str, value) -> None:
+    """Trace-time check of a Python-number tolerance (arrays are checked in `check_tolerances`)."""
+    for leaf in jax.tree.leaves(value):
+        if isinstance(leaf, numbers.Real) and leaf < 0:
+            raise ValueError(f"{name}={leaf} is negative; tolerances must be non-negative.")
+
+
+def check_vector_field(f, z0, t0, args) -> None:
+    """Trace ``f`` once abstractly and compare its output with ``z0``'s structure/shape/dtype."""
+    out = jax.eval_shape(lambda: f(z0, t0, args))
+    want = jax.tree.map(lambda x: jax.ShapeDtypeStruct(jnp.shape(x), jnp.result_type(x)), z0)
+    s_out, s_want = jax.tree.structure(out), jax.tree.structure(want)
+    if s_out != s_want:
+        raise ValueError(
+            "f(z, t, args) must return a pytree with the structure of z0; got\n"
+            f"  f returned: {s_out}\n  z0 is:      {s_want}"
+        )
+    for o, w in zip(jax.tree.leaves(out), jax.tree.leaves(want)):
+        if o.shape != w.shape or o.dtype != w.dtype:
+            raise ValueError(
+                "f(z, t, args) must return leaves with the shapes and dtypes of z0; got\n"
+                f"  f returned: {jax.tree.map(lambda x: f'{x.dtype}{list(x.shape)}', out)}\n"
+                f"  z0 is:      {jax.tree.map(lambda x: f'{x.dtype}{list(x.shape)}', want)}"
+            )
+
+
+def check_tolerances(rtol, atol):
+    """Run-time checks of array tolerances; returns them (tied to the checks)."""
+    rtol = eqx.error_if(rtol, jnp.any(rtol < 0), "rtol must be non-negative.")
+    atol = eqx.error_if(atol, jnp.any(atol < 0), "atol must be non-negative.")
+    both_zero = jnp.any((rtol == 0) & (atol == 0))
+    atol = eqx.error_if(atol, both_zero, "rtol and atol are both zero; give a positive tolerance.")
+    return rtol, atol
+
+
+def check_save_times(ts, t0, t1, name: str = "ts"):
+    """Run-time checks: ``ts`` strictly monotone in the direction of integration, inside [t0, t1]."""
+    direction = jnp.where(t1 >= t0, 1, -1).astype(ts.dtype)
+    d = direction * jnp.diff(ts)
+    ts = eqx.error_if(
+        ts,
+        jnp.any(d <= 0) | jnp.any(jnp.isnan(ts)),
+        f"{name} must be strictly monotone (increasing, or decreasing for a backward solve)"
+        " and free of nan.",
+    )
+    outside = jnp.any(direction * (ts - t0) < 0) | jnp.any(direction * (ts - t1) > 0)
+    return eqx.error_if(ts, outside, f"{name} must lie within [t0, t1].")
+
+
+def _raise(status, t_final, t1, max_steps, backward, has_dtmin):
+    status = np.asarray(status)
+    bad = status != Status.SUCCESS
+    if not np.any(bad):
+        return
+    code = Status(int(status[bad].flat[0]))
+    t_reached = float(np.broadcast_to(t_final, bad.shape)[bad].flat[0])
+    t_end = float(np.broadcast_to(t1, bad.shape)[bad].flat[0])
+    which = "The backward (adjoint) solve" if backward else "The ODE solve"
+    extra = f" ({int(bad.sum())} of {bad.size} batch members failed)" if bad.size > 1 else ""
+    what = "`dtmin`" if has_dtmin else "the floating-point resolution of t"
+    advice = code.advice.format(max_steps=max_steps, what=what)
+    raise OdeSolveError(
+        f"{which} stopped with status {code.name} at t={t_reached:.10g} before reaching"
+        f" t1={t_end:.10g}{extra}: {advice}. Pass throw=False to get the partial solution and"
+        " its status instead."
+    )
+
+
+def raise_if_failed(
+    x, status, t_final, t1, max_steps: int, backward: bool = False, has_dtmin: bool = False
+):
+    """Raise :class:`OdeSolveError` at run time if ``status`` is not success; returns ``x``.
+
+    The host callback runs only on failure (under ``vmap`` it runs once and checks all members).
+    """
+
+    def fail():
+        jax.debug.callback(_raise, status, t_final, t1, max_steps, backward, has_dtmin)
+
+    lax.cond(jnp.any(status != Status.SUCCESS), fail, lambda: None)
+    return x

@@ -1,0 +1,104 @@
+"""Step-size control: Hairer's initial step and a PI controller on the scaled RMS error.
+
+With ``sc = atol + rtol * max(|z0|, |z1|)`` per component and ``q`` the order of the embedded
+error estimate, the scaled error of a step is ``ε = rms(err / sc)``; a step is accepted when
+``ε ≤ 1``. The next step is ``dt * clip(safety * ε^(-β1) * ε_prev^(β2), factormin, factormax)``
+with ``β1 = (pcoeff + icoeff) / (q + 1)`` and ``β2 = pcoeff / (q + 1)`` (Gustafsson's PI
+controller; ``pcoeff = 0`` gives the classical I controller). A rejected step never grows.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import jax.numpy as jnp
+from jax import Array
+
+__all__ = ["PIController", "initial_step", "rms_norm"]
+
+
+@dataclasses.dataclass(frozen=True)
+class PIController:
+    """Coefficients of the PI step-size controller (static data).
+
+    Attributes:
+        pcoeff: proportional coefficient (``0`` for a pure I controller).
+        icoeff: integral coefficient.
+        safety: safety factor applied to every proposal.
+        factormin: smallest factor a step may shrink by.
+        factormax: largest factor a step may grow by.
+    """
+
+    pcoeff: float = 0.4
+    icoeff: float = 0.3
+    safety: float = 0.9
+    factormin: float = 0.2
+    factormax: float = 10.0
+
+    def __post_init__(self):
+        if self.icoeff <= 0:
+            raise ValueError(f"PIController icoeff must be positive, got {self.icoeff}.")
+        if self.pcoeff < 0:
+            raise ValueError(f"PIController pcoeff must be non-negative, got {self.pcoeff}.")
+        if not 0 < self.safety <= 1:
+            raise ValueError(f"PIController safety must lie in (0, 1], got {self.safety}.")
+        if not 0 < self.factormin < 1 < self.factormax:
+            raise ValueError(
+                "PIController needs 0 < factormin < 1 < factormax, got"
+                f" factormin={self.factormin}, factormax={self.factormax}."
+            )
+
+    def factor(self, err: Array, err_prev: Array, error_order: int) -> Array:
+        """Multiplier for the next step given this step's and the last accepted scaled errors.
+
+        Args:
+            err: scaled error ``ε`` of this step (``nan``/``inf`` for a non-finite candidate).
+            err_prev: scaled error of the last accepted step (``1`` at the start).
+            error_order: order ``q`` of the embedded estimate.
+        """
+        k = error_order + 1
+        beta1 = (self.pcoeff + self.icoeff) / k
+        beta2 = self.pcoeff / k
+        finite = jnp.isfinite(err)
+        # Guard the powers: a zero error grows by factormax, a non-finite one shrinks by factormin.
+        safe_err = jnp.where(finite, jnp.maximum(err, 1e-10), 1.0)
+        fac = self.safety * safe_err ** (-beta1)
+        if beta2:
+            fac = fac * err_prev**beta2
+        accept = finite & (err <= 1)
+        fac = jnp.clip(fac, self.factormin, jnp.where(accept, self.factormax, self.safety))
+        return jnp.where(finite, fac, self.factormin)
+
+
+def rms_norm(x: Array) -> Array:
+    """Root-mean-square norm of a flat vector."""
+    return jnp.sqrt(jnp.mean(x * x)) if x.size else jnp.zeros((), x.dtype)
+
+
+def initial_step(fn, t0, z0, f0, atol, rtol, order: int, direction) -> Array:
+    """Hairer's starting step (Hairer, Nørsett & Wanner I, §II.4). One extra evaluation of ``f``.
+
+    Args:
+        fn: flat vector field ``fn(t, z)``.
+        t0: initial time; ``z0``: ``(n,)`` initial state; ``f0 = fn(t0, z0)``.
+        atol, rtol: tolerances (scalars or ``(n,)``).
+        order: order of the method.
+        direction: ``+1`` or ``-1``, the sign of ``t1 - t0``.
+
+    Returns:
+        The signed initial step.
+    """
+    scale = atol + rtol * jnp.abs(z0)
+    d0 = rms_norm(z0 / scale)
+    d1 = rms_norm(f0 / scale)
+    small = (d0 < 1e-5) | (d1 < 1e-5)
+    h0 = jnp.where(small, 1e-6, 0.01 * d0 / jnp.where(small, 1.0, d1))
+    f1 = fn(t0 + direction * h0, z0 + direction * h0 * f0)
+    d2 = rms_norm((f1 - f0) / scale) / h0
+    dmax = jnp.maximum(d1, d2)
+    h1 = jnp.where(
+        dmax <= 1e-15,
+        jnp.maximum(1e-6, h0 * 1e-3),
+        (0.01 / jnp.where(dmax <= 1e-15, 1.0, dmax)) ** (1.0 / order),
+    )
+    return direction * jnp.minimum(100 * h0, h1)

@@ -1,0 +1,128 @@
+"""What a solve returns: the saved states, statistics, a status and optional dense output."""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Callable
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax import Array
+
+from ._step import interpolate
+
+__all__ = ["DenseInterpolation", "Solution", "Status"]
+
+
+class Status(enum.IntEnum):
+    """Outcome of a solve. ``Solution.status`` holds one of these as an ``int32`` array."""
+
+    SUCCESS = 0
+    MAX_STEPS_REACHED = 1
+    DT_UNDERFLOW = 2
+    NONFINITE = 3
+
+    @property
+    def advice(self) -> str:
+        return _ADVICE[self]
+
+
+_ADVICE = {
+    Status.SUCCESS: "",
+    Status.MAX_STEPS_REACHED: (
+        "the solve used all of max_steps={max_steps} steps; raise `max_steps`, loosen"
+        " `rtol`/`atol`, or use a stiff solver if the problem is stiff"
+    ),
+    Status.DT_UNDERFLOW: (
+        "the step size fell below {what}; the problem may be stiff or singular near this time:"
+        " loosen `rtol`/`atol`, lower `dtmin`, or check the vector field"
+    ),
+    Status.NONFINITE: (
+        "the vector field returned non-finite values (nan/inf) and shrinking the step did not"
+        " help; check `f`, `z0` and `args` for nan/inf or a blow-up of the solution"
+    ),
+}
+
+
+class DenseInterpolation(eqx.Module):
+    """Piecewise dense output over the accepted steps of a solve (``solve(..., dense=True)``).
+
+    Attributes:
+        t_nodes: ``(max_steps + 1,)`` step boundaries; entries past ``num_steps`` repeat the end.
+        z_nodes: ``(max_steps, n)`` flat state at the start of each step.
+        kstack: ``(max_steps, m, n)`` the stages the interpolant weights.
+        num_steps: number of accepted steps.
+    """
+
+    t_nodes: Array
+    z_nodes: Array
+    kstack: Array
+    num_steps: Array
+    weights: tuple = eqx.field(static=True)  # the interpolant's (m, p) matrix, as nested tuples
+    unravel: Callable = eqx.field(static=True)
+
+    def evaluate(self, t) -> object:
+        """The solution at time(s) ``t`` (any shape), stacked on leading axes of shape ``t.shape``.
+
+        Times outside the solved interval are clamped to its first or last step's polynomial
+        (extrapolation), so keep ``t`` inside ``[t0, t1]``.
+        """
+        t = jnp.asarray(t, dtype=self.t_nodes.dtype)
+        shape = t.shape
+        flat_t = t.reshape(-1)
+        n = self.num_steps
+        t0 = self.t_nodes[0]
+        direction = jnp.where(self.t_nodes[n] >= t0, 1, -1).astype(t.dtype)
+        # Step i covers direction*t in [direction*t_nodes[i], direction*t_nodes[i+1]].
+        keys = direction * self.t_nodes[1:]
+        idx = jnp.searchsorted(keys, direction * flat_t, side="left")
+        idx = jnp.clip(idx, 0, jnp.maximum(n - 1, 0))
+
+        def one(i, tt):
+            ta, tb = self.t_nodes[i], self.t_nodes[i + 1]
+            dt = tb - ta
+            theta = jnp.where(dt == 0, 0.0, (tt - ta) / jnp.where(dt == 0, 1.0, dt))
+            return interpolate(np.asarray(self.weights), self.kstack[i], self.z_nodes[i], dt, theta)
+
+        out = jax.vmap(one)(idx, flat_t)
+        out = jax.vmap(self.unravel)(out)
+        return jax.tree.map(lambda x: x.reshape(shape + x.shape[1:]), out)
+
+
+class Solution(eqx.Module):
+    """Result of :func:`odejax.solve`.
+
+    Attributes:
+        ts: ``(T,)`` save times (the requested ``ts``, or ``[t1]``).
+        zs: the state at ``ts``: a pytree like ``z0`` with a leading axis of length ``T``. Rows the
+            solve did not reach (after a failure with ``throw=False``) are ``nan``.
+        stats: ``num_steps`` (attempted), ``num_accepted``, ``num_rejected``, ``nfe``
+            (evaluations of ``f``), as ``int32`` arrays.
+        status: ``int32`` code; ``Status(int(sol.status))`` names it.
+        t_final: the time the solve reached (``t1`` on success).
+        interpolation: dense output when solved with ``dense=True``, else ``None``.
+    """
+
+    ts: Array
+    zs: object
+    stats: dict[str, Array]
+    status: Array
+    t_final: Array
+    interpolation: DenseInterpolation | None = None
+
+    @property
+    def result(self) -> Status:
+        """The status as a :class:`Status` (only outside ``jit``: it reads a concrete value)."""
+        return Status(int(self.status))
+
+    @property
+    def succeeded(self) -> Array:
+        return self.status == Status.SUCCESS
+
+    def evaluate(self, t) -> object:
+        """Dense output at time(s) ``t``; needs ``solve(..., dense=True)``."""
+        if self.interpolation is None:
+            raise ValueError("Solution.evaluate needs a solve with dense=True.")
+        return self.interpolation.evaluate(t)

@@ -1,0 +1,105 @@
+"""One explicit Runge–Kutta step and its dense output, on a flat state vector.
+
+Everything here is unrolled at trace time from the tableau's numpy coefficients: zero
+coefficients are skipped, so a step costs exactly the method's evaluations of ``f`` plus a few
+fused vector updates.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import NamedTuple
+
+import jax.numpy as jnp
+import numpy as np
+from jax import Array
+
+from ._tableau import Solver
+
+__all__ = ["StepResult", "dense_weights", "interpolate", "lincomb", "rk_step"]
+
+FlatField = Callable[[Array, Array], Array]  # fn(t, z) -> dz/dt, z of shape (n,)
+
+
+def lincomb(coeffs: Sequence[float], ks: Sequence[Array]) -> Array | None:
+    """``Σ_i coeffs[i] * ks[i]`` over the non-zero coefficients (``None`` if all are zero)."""
+    out = None
+    for c, k in zip(coeffs, ks):
+        c = float(c)
+        if c == 0.0:
+            continue
+        term = k if c == 1.0 else c * k
+        out = term if out is None else out + term
+    return out
+
+
+class StepResult(NamedTuple):
+    """What one attempted step produces.
+
+    Attributes:
+        z1: ``(n,)`` candidate state at ``t + dt``.
+        err: ``(n,)`` embedded error estimate (``None`` for fixed-step methods).
+        f1: ``(n,)`` ``f(t + dt, z1)``, the first stage of the next step.
+        ks: the ``s`` stages followed by ``f1``: what the dense output needs.
+    """
+
+    z1: Array
+    err: Array | None
+    f1: Array
+    ks: tuple[Array, ...]
+
+
+def rk_step(solver: Solver, fn: FlatField, t: Array, z: Array, dt: Array, f0: Array) -> StepResult:
+    """Attempt one step of ``solver`` from ``(t, z)`` with step ``dt`` (signed).
+
+    ``f0 = fn(t, z)`` is reused as the first stage. Costs ``s - 1`` evaluations for FSAL methods
+    and ``s`` otherwise (the last one is ``f(t + dt, z1)``, which the next step reuses).
+    """
+    tab = solver.tableau
+    s = tab.num_stages
+    ks = [f0]
+    z1 = None
+    for i in range(1, s):
+        inc = lincomb(tab.a[i, :i], ks)
+        zi = z if inc is None else z + dt * inc
+        if tab.fsal and i == s - 1:
+            z1 = zi
+        ks.append(fn(t + float(tab.c[i]) * dt, zi))
+    if z1 is None:
+        z1 = z + dt * lincomb(tab.b, ks)
+        f1 = fn(t + dt, z1)
+    else:
+        f1 = ks[-1]
+    err = None if tab.e is None else dt * lincomb(tab.e, ks)
+    return StepResult(z1=z1, err=err, f1=f1, ks=(*ks, f1))
+
+
+def dense_weights(solver: Solver) -> tuple[np.ndarray, tuple[int, ...]]:
+    """The interpolant reduced to the rows that matter.
+
+    Returns:
+        ``(P, rows)``: ``P`` of shape ``(m, p)`` and the indices of the ``m`` entries of
+        ``StepResult.ks`` it weights. For FSAL methods the end-point row is folded onto the last
+        stage (they are the same vector); all-zero rows are dropped.
+    """
+    p = solver.interpolant.copy()
+    s = solver.tableau.num_stages
+    if solver.tableau.fsal:
+        p[s - 1] += p[s]
+        p[s] = 0.0
+    rows = tuple(int(i) for i in np.nonzero(np.any(p != 0, axis=1))[0])
+    return p[list(rows)], rows
+
+
+def interpolate(p: np.ndarray, kstack: Array, z0: Array, dt: Array, theta: Array) -> Array:
+    """Dense output ``z0 + dt Σ_i w_i(θ) K_i`` at a scalar ``θ ∈ [0, 1]``.
+
+    Args:
+        p: ``(m, p)`` weights from :func:`dense_weights`.
+        kstack: ``(m, n)`` the stages those rows weight.
+        z0: ``(n,)`` state at the start of the step; ``dt``: the step; ``theta``: scalar.
+    """
+    npow = p.shape[1]
+    powers = theta ** jnp.arange(1, npow + 1, dtype=kstack.dtype)  # (p,)
+    w = jnp.asarray(p, dtype=kstack.dtype) @ powers  # (m,)
+    return z0 + dt * (w @ kstack)
