@@ -5,6 +5,9 @@ error estimate, the scaled error of a step is ``ε = rms(err / sc)``; a step is 
 ``ε ≤ 1``. The next step is ``dt * clip(safety * ε^(-β1) * ε_prev^(β2), factormin, factormax)``
 with ``β1 = (pcoeff + icoeff) / (q + 1)`` and ``β2 = pcoeff / (q + 1)`` (Gustafsson's PI
 controller; ``pcoeff = 0`` gives the classical I controller). A rejected step never grows.
+The defaults ``pcoeff = 0.2, icoeff = 0.65`` are Hairer's DOPRI5 choice (``β2 = 0.04``,
+``β1 = 0.17`` for ``q = 4``); in Diffrax's terms they equal ``PIDController(pcoeff=0.2,
+icoeff=0.65)``.
 """
 
 from __future__ import annotations
@@ -29,8 +32,8 @@ class PIController:
         factormax: largest factor a step may grow by.
     """
 
-    pcoeff: float = 0.4
-    icoeff: float = 0.3
+    pcoeff: float = 0.2
+    icoeff: float = 0.65
     safety: float = 0.9
     factormin: float = 0.2
     factormax: float = 10.0

@@ -41,8 +41,7 @@ class _LoopState(NamedTuple):
     f0: Array  # f(t, z): first stage of the next step
     dt: Array  # signed size of the next step to try
     err_prev: Array  # scaled error of the last accepted step (PI memory)
-    save_index: Array  # next row of `zs` to fill
-    zs: Array  # (T, n) saved states
+    last: tuple  # (t, z, dt, kstack) of the latest attempted step, when saving at ts
     num_steps: Array
     num_accepted: Array
     num_rejected: Array
@@ -72,7 +71,9 @@ def _flatten_tol(tol, z0, dtype):
     if len(jax.tree.leaves(tol)) == 1 and jnp.ndim(jax.tree.leaves(tol)[0]) == 0:
         return jnp.asarray(jax.tree.leaves(tol)[0], dtype)
     try:
-        full = jax.tree.map(lambda t, z: jnp.broadcast_to(jnp.asarray(t, dtype), jnp.shape(z)), tol, z0)
+        full = jax.tree.map(
+            lambda t, z: jnp.broadcast_to(jnp.asarray(t, dtype), jnp.shape(z)), tol, z0
+        )
     except (ValueError, TypeError) as e:
         raise ValueError(
             f"A per-component tolerance must be a pytree matching z0 (broadcastable leaves): {e}"
@@ -94,9 +95,6 @@ def _solve_core(f, z0, t0, t1, ts, args, rtol, atol, dt0, dtmin, dtmax, static: 
     rtol, atol = _checks.check_tolerances(rtol, atol)
     if static.save_ts:
         ts = _checks.check_save_times(ts, t0, t1)
-        num_save = ts.shape[0]
-    else:
-        num_save = 1
 
     f0 = fn(t0, z_flat)
     nfe0 = 1
@@ -109,21 +107,19 @@ def _solve_core(f, z0, t0, t1, ts, args, rtol, atol, dt0, dtmin, dtmax, static: 
         dt_init = direction * jnp.minimum(jnp.abs(dt_init), dtmax)
     dt_init = dt_init.astype(tdtype)
 
-    zs = jnp.full((num_save, z_flat.shape[0]), jnp.nan, dtype)
-    if static.save_ts:
-        # A save time equal to t0 (at most one, as ts is strictly monotone) gets z0 exactly.
-        at_start = ts[0] == t0
-        zs = zs.at[0].set(jnp.where(at_start, z_flat, zs[0]))
-        save_index = at_start.astype(jnp.int32)
-    else:
-        save_index = jnp.zeros((), jnp.int32)
-
     weights, rows = dense_weights(solver)
+    last = ()
+    if static.save_ts:
+        last = (t0, z_flat, jnp.zeros((), dtype), jnp.zeros((len(rows), z_flat.shape[0]), dtype))
     dense = ()
     if static.dense:
         m, n = len(rows), z_flat.shape[0]
         t_nodes = jnp.full((static.max_steps + 1,), t0, tdtype)
-        dense = (t_nodes, jnp.zeros((static.max_steps, n), dtype), jnp.zeros((static.max_steps, m, n), dtype))
+        dense = (
+            t_nodes,
+            jnp.zeros((static.max_steps, n), dtype),
+            jnp.zeros((static.max_steps, m, n), dtype),
+        )
 
     zero = jnp.zeros((), jnp.int32)
     state = _LoopState(
@@ -132,8 +128,7 @@ def _solve_core(f, z0, t0, t1, ts, args, rtol, atol, dt0, dtmin, dtmax, static: 
         f0=f0,
         dt=dt_init,
         err_prev=jnp.ones((), dtype),
-        save_index=save_index,
-        zs=zs,
+        last=last,
         num_steps=zero,
         num_accepted=zero,
         num_rejected=zero,
@@ -155,8 +150,8 @@ def _solve_core(f, z0, t0, t1, ts, args, rtol, atol, dt0, dtmin, dtmax, static: 
             t_try = t0 + (st.num_accepted + 1).astype(tdtype) * st.dt
         # Land exactly on t1, folding in a remainder that is only rounding noise.
         slack = 64 * jnp.finfo(tdtype).eps * jnp.maximum(jnp.abs(t_try), jnp.abs(t1))
-        last = direction * (t1 - t_try) <= slack
-        t_next = jnp.where(last, t1, t_try)
+        final_step = direction * (t1 - t_try) <= slack
+        t_next = jnp.where(final_step, t1, t_try)
         dt = t_next - t
         step = rk_step(solver, fn, t, z, dt.astype(dtype), st.f0)
 
@@ -185,25 +180,12 @@ def _solve_core(f, z0, t0, t1, ts, args, rtol, atol, dt0, dtmin, dtmax, static: 
         z_new = jnp.where(accept, step.z1, z)
         f0_new = jnp.where(accept, step.f1, st.f0)
 
-        zs, save_index, dense = st.zs, st.save_index, st.dense
+        dense, last = st.dense, st.last
         if static.save_ts or static.dense:
             kstack = jnp.stack([step.ks[i] for i in rows])
         if static.save_ts:
-
-            def save_cond(c):
-                i, _ = c
-                ti = ts[jnp.minimum(i, num_save - 1)]
-                return accept & (i < num_save) & (direction * (ti - t_next) <= 0)
-
-            def save_body(c):
-                i, buf = c
-                ti = ts[i]
-                theta = ((ti - t) / dt).astype(dtype)
-                zi = interpolate(weights, kstack, z, dt.astype(dtype), theta)
-                zi = jnp.where(ti == t_next, step.z1, zi)
-                return i + 1, lax.dynamic_update_slice_in_dim(buf, zi[None], i, axis=0)
-
-            save_index, zs = lax.while_loop(save_cond, save_body, (save_index, zs))
+            # The step that ends a run of the save loop below is always an accepted one.
+            last = (t, z, dt.astype(dtype), kstack)
         if static.dense:
             t_nodes, z_nodes, k_nodes = dense
             slot = jnp.where(accept, st.num_accepted, static.max_steps)  # out of range: dropped
@@ -215,7 +197,7 @@ def _solve_core(f, z0, t0, t1, ts, args, rtol, atol, dt0, dtmin, dtmax, static: 
 
         num_steps = st.num_steps + 1
         status = jnp.where(
-            accept & last,
+            accept & final_step,
             Status.SUCCESS,
             jnp.where(
                 num_steps >= static.max_steps,
@@ -233,10 +215,9 @@ def _solve_core(f, z0, t0, t1, ts, args, rtol, atol, dt0, dtmin, dtmax, static: 
             t=t_new,
             z=z_new,
             f0=f0_new,
-            dt=jnp.where(accept & last, st.dt, dt_new),
+            dt=jnp.where(accept & final_step, st.dt, dt_new),
             err_prev=err_prev,
-            save_index=save_index,
-            zs=zs,
+            last=last,
             num_steps=num_steps,
             num_accepted=st.num_accepted + accept.astype(jnp.int32),
             num_rejected=st.num_rejected + (~accept).astype(jnp.int32),
@@ -244,13 +225,25 @@ def _solve_core(f, z0, t0, t1, ts, args, rtol, atol, dt0, dtmin, dtmax, static: 
             dense=dense,
         )
 
-    final = lax.while_loop(cond, body, state)
+    if static.save_ts:
+        # Step until each save time is passed, then read it off the last step's interpolant.
+        # The scan ends with t1 itself (its value dropped), so the loop body is compiled once.
+        def save_one(st: _LoopState, ti):
+            st = lax.while_loop(lambda s: cond(s) & (direction * (s.t - ti) < 0), body, st)
+            t_a, z_a, dt_a, kstack = st.last
+            theta = (ti - t_a).astype(dtype) / jnp.where(dt_a == 0, 1, dt_a)
+            zi = interpolate(weights, kstack, z_a, dt_a, theta)
+            zi = jnp.where(ti == st.t, st.z, zi)
+            return st, jnp.where(direction * (st.t - ti) >= 0, zi, jnp.nan)
+
+        final, zs = lax.scan(save_one, state, jnp.concatenate([ts, t1[None]]))
+        zs = zs[:-1]
+    else:
+        final = lax.while_loop(cond, body, state)
+        zs = jnp.where(final.status == Status.SUCCESS, final.z, jnp.nan)[None]
     if static.progress:
         _progress.progress_close(pkey, final.t, final.num_steps)
 
-    zs = final.zs
-    if not static.save_ts:
-        zs = jnp.where(final.status == Status.SUCCESS, final.z, jnp.nan)[None]
     if static.throw:
         zs = _checks.raise_if_failed(
             zs, final.status, final.t, t1, static.max_steps, has_dtmin=static.has_dtmin
@@ -443,7 +436,9 @@ def odeint(
         (5, 3)
     """
     if kwargs.keys() & {"ts", "dense", "t0", "t1"}:
-        raise TypeError(f"odeint does not take {sorted(kwargs.keys() & {'ts', 'dense', 't0', 't1'})}.")
+        raise TypeError(
+            f"odeint does not take {sorted(kwargs.keys() & {'ts', 'dense', 't0', 't1'})}."
+        )
     try:
         ts_arr = jnp.asarray(ts)
     except TypeError:

@@ -14,6 +14,7 @@ import numpy as np
 from ._tableau import ButcherTableau, Solver
 
 __all__ = [
+    "RK4",
     "SOLVERS",
     "Bosh3",
     "Dopri5",
@@ -21,7 +22,6 @@ __all__ = [
     "Euler",
     "Heun",
     "Midpoint",
-    "RK4",
     "Tsit5",
     "get_solver",
 ]

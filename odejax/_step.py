@@ -94,12 +94,19 @@ def dense_weights(solver: Solver) -> tuple[np.ndarray, tuple[int, ...]]:
 def interpolate(p: np.ndarray, kstack: Array, z0: Array, dt: Array, theta: Array) -> Array:
     """Dense output ``z0 + dt Σ_i w_i(θ) K_i`` at a scalar ``θ ∈ [0, 1]``.
 
+    Written as unrolled elementwise arithmetic (Horner in ``θ`` over the vector coefficients
+    ``Q_p = Σ_i P_ip K_i``) rather than matrix products, so XLA fuses it into one small kernel.
+
     Args:
         p: ``(m, p)`` weights from :func:`dense_weights`.
         kstack: ``(m, n)`` the stages those rows weight.
         z0: ``(n,)`` state at the start of the step; ``dt``: the step; ``theta``: scalar.
     """
-    npow = p.shape[1]
-    powers = theta ** jnp.arange(1, npow + 1, dtype=kstack.dtype)  # (p,)
-    w = jnp.asarray(p, dtype=kstack.dtype) @ powers  # (m,)
-    return z0 + dt * (w @ kstack)
+    ks = [kstack[i] for i in range(kstack.shape[0])]
+    acc = None
+    for col in range(p.shape[1] - 1, -1, -1):  # Horner: θ(Q_0 + θ(Q_1 + ... θ Q_last))
+        q = lincomb(p[:, col], ks)
+        if q is None:
+            q = jnp.zeros_like(z0)
+        acc = q if acc is None else q + theta * acc
+    return z0 + (dt * theta) * acc

@@ -140,7 +140,8 @@ class Solver:
         s = tab.num_stages
         if interp.ndim != 2 or interp.shape[0] != s + 1:
             raise ValueError(
-                f"Solver {self.name!r}: interpolant must have shape ({s + 1}, p), got {interp.shape}."
+                f"Solver {self.name!r}: interpolant must have shape ({s + 1}, p),"
+                f" got {interp.shape}."
             )
         # At θ = 1 the interpolant must reproduce the step: Σ_p P_ip = b_i (stage weights),
         # counting the end-point derivative row for FSAL methods onto the last stage.

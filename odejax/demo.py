@@ -49,7 +49,10 @@ def main(argv=None) -> None:
         print(f"{t:6.2f} {th:14.8f} {om:14.8f}")
     stats = {k: int(v) for k, v in sol.stats.items()}
     print(f"status: {sol.result.name}   stats: {stats}")
-    print(f"first call (trace + compile + run): {first * 1e3:.1f} ms   second call: {steady * 1e3:.3f} ms")
+    print(
+        f"first call (trace + compile + run): {first * 1e3:.1f} ms"
+        f"   second call: {steady * 1e3:.3f} ms"
+    )
 
     if opts.plot:
         import matplotlib
