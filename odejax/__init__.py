@@ -1,5 +1,6 @@
 """odejax: solve and differentiate ordinary differential equations in JAX."""
 
+from ._adjoint import BacksolveAdjoint, CheckpointAdjoint, ForwardMode, backward_stats
 from ._checks import OdeSolveError
 from ._controller import PIController
 from ._solution import DenseInterpolation, Solution, Status
@@ -12,12 +13,15 @@ __version__ = "0.1.0"
 __all__ = [
     "RK4",
     "SOLVERS",
+    "BacksolveAdjoint",
     "Bosh3",
     "ButcherTableau",
+    "CheckpointAdjoint",
     "DenseInterpolation",
     "Dopri5",
     "Dopri8",
     "Euler",
+    "ForwardMode",
     "Heun",
     "Midpoint",
     "OdeSolveError",
@@ -26,6 +30,7 @@ __all__ = [
     "Solver",
     "Status",
     "Tsit5",
+    "backward_stats",
     "get_solver",
     "odeint",
     "solve",

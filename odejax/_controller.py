@@ -74,8 +74,15 @@ class PIController:
 
 
 def rms_norm(x: Array) -> Array:
-    """Root-mean-square norm of a flat vector."""
-    return jnp.sqrt(jnp.mean(x * x)) if x.size else jnp.zeros((), x.dtype)
+    """Root-mean-square norm of a flat vector.
+
+    The square root is taken of ``max(mean, tiny)`` so that its derivative stays finite at zero
+    (a zero error or state must not turn reverse-mode gradients into ``nan``).
+    """
+    if not x.size:
+        return jnp.zeros((), x.dtype)
+    ms = jnp.mean(x * x)
+    return jnp.sqrt(jnp.maximum(ms, jnp.finfo(x.dtype).tiny))
 
 
 def initial_step(fn, t0, z0, f0, atol, rtol, order: int, direction) -> Array:

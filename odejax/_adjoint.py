@@ -1,0 +1,343 @@
+"""How a solve is differentiated: ``adjoint=`` on :func:`odejax.solve` and :func:`odejax.odeint`.
+
+* :class:`BacksolveAdjoint` (``"backsolve"``, the default): the continuous adjoint of Chen et al.
+  (2018, Algorithm 1) as a ``jax.custom_vjp``. The forward pass keeps only the states at the save
+  times; the backward pass integrates ``[z, a, θ̄]`` from the last save time to the first with
+
+  .. math::
+
+      \\dot z = f(z, t, θ), \\qquad \\dot a = -a^\\top \\frac{\\partial f}{\\partial z}, \\qquad
+      \\dot{\\bar θ} = -a^\\top \\frac{\\partial f}{\\partial θ},
+
+  one interval at a time, restarting ``z`` from the stored forward value and adding each save
+  time's incoming cotangent to ``a``. Memory does not grow with the number of steps. Gradients
+  with respect to the times use the closed form of Appendix C's time channel: since
+  ``d(a·f)/dt = a·∂f/∂t`` along the adjoint, ``∂L/∂t_i = g_i · f(z_i, t_i)`` for a save time with
+  incoming cotangent ``g_i`` and ``∂L/∂t_0 = -a(t_0) · f(z_0, t_0)``, with no extra channel to
+  integrate. The backward pass is built from the same custom rule, so it is differentiable again
+  (reverse over reverse).
+* :class:`CheckpointAdjoint` (``"checkpoint"``): discretise-then-optimise. Reverse mode through
+  the stepping loop itself, run as a bounded loop with checkpointing (:mod:`odejax._loop`): the
+  exact gradient of the computed solution with ``O(sqrt(max_steps))`` memory.
+* :class:`ForwardMode` (``"forward"``): no custom rule; ``jax.jvp``/``jax.jacfwd`` differentiate
+  the loop directly. Reverse mode raises a clear error.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+from typing import Any
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax import lax
+from jax.custom_derivatives import CustomVJPPrimal, SymbolicZero
+from jax.extend.core import Primitive
+from jax.flatten_util import ravel_pytree
+from jax.interpreters import ad, batching, mlir
+
+from ._integrate import Options, Static, integrate
+from ._solution import Solution
+from ._solvers import get_solver
+from ._tableau import Solver
+
+__all__ = [
+    "ADJOINTS",
+    "BacksolveAdjoint",
+    "CheckpointAdjoint",
+    "ForwardMode",
+    "backward_stats",
+    "get_adjoint",
+    "run_adjoint",
+]
+
+
+@dataclasses.dataclass(frozen=True)
+class BacksolveAdjoint:
+    """The continuous adjoint method (the default): O(1) memory in the number of steps.
+
+    Attributes:
+        rtol, atol: tolerances of the backward solve (default: the forward ones; a per-component
+            forward tolerance contributes its smallest value).
+        solver: solver of the backward solve (default: the forward one).
+        seminorm: leave the parameter channel out of the backward error norm (Kidger, Chen &
+            Lyons 2021): fewer backward steps, same accuracy of ``a``.
+        record_stats: record the backward solves' step counts and ``nfe`` on every backward
+            pass (one host callback per pass); read them with :func:`odejax.backward_stats`.
+    """
+
+    rtol: float | None = None
+    atol: float | None = None
+    solver: str | Solver | None = None
+    seminorm: bool = False
+    record_stats: bool = False
+
+
+@dataclasses.dataclass(frozen=True)
+class CheckpointAdjoint:
+    """Discretise-then-optimise: reverse mode through the solver's own steps.
+
+    Attributes:
+        checkpoints: number of loop carries stored for the backward pass (default
+            ``ceil(sqrt(max_steps + len(ts)))``); memory grows with ``checkpoints`` plus
+            ``max_steps / checkpoints``.
+    """
+
+    checkpoints: int | None = None
+
+    def __post_init__(self):
+        if self.checkpoints is not None and self.checkpoints < 1:
+            raise ValueError(f"checkpoints must be at least 1, got {self.checkpoints}.")
+
+
+@dataclasses.dataclass(frozen=True)
+class ForwardMode:
+    """Forward-mode differentiation only (``jax.jvp``, ``jax.jacfwd``): best for few inputs."""
+
+
+ADJOINTS = {"backsolve": BacksolveAdjoint, "checkpoint": CheckpointAdjoint, "forward": ForwardMode}
+Adjoint = BacksolveAdjoint | CheckpointAdjoint | ForwardMode
+
+
+def get_adjoint(adjoint) -> Adjoint:
+    """Resolve ``adjoint=`` (a name, an adjoint object or ``None`` for the default)."""
+    if adjoint is None:
+        return BacksolveAdjoint()
+    if isinstance(adjoint, (BacksolveAdjoint, CheckpointAdjoint, ForwardMode)):
+        return adjoint
+    if isinstance(adjoint, str) and adjoint in ADJOINTS:
+        return ADJOINTS[adjoint]()
+    raise ValueError(
+        f"Unknown adjoint={adjoint!r}; use one of {sorted(ADJOINTS)} or an odejax adjoint object."
+    )
+
+
+JVP_OF_BACKSOLVE = (
+    "adjoint='backsolve' (the default) is a custom reverse-mode rule and cannot be used with"
+    " forward-mode differentiation (jax.jvp, jax.jacfwd, and jax.hessian, which is jacfwd over"
+    " jacrev). Use adjoint='forward' for jvp/jacfwd, or take second derivatives by reverse over"
+    " reverse: jax.jacrev(jax.grad(loss))."
+)
+
+
+def run_adjoint(adjoint: Adjoint, f, z0, t0, t1, ts, args, opts: Options, static: Static):
+    """Solve with the differentiation rule of ``adjoint`` (called inside ``jit``)."""
+    if isinstance(adjoint, CheckpointAdjoint):
+        static = static._replace(loop="checkpoint", checkpoints=adjoint.checkpoints)
+        return integrate(f, z0, t0, t1, ts, args, opts, static)
+    if isinstance(adjoint, ForwardMode):
+        sol = integrate(f, z0, t0, t1, ts, args, opts, static)
+        return jax.tree.map(lambda x: forward_only(x) if eqx.is_inexact_array(x) else x, sol)
+    return _backsolve_solve(adjoint, f, z0, t0, t1, ts, args, opts, static)
+
+
+# --- forward mode: a guard that lets tangents through and refuses to be transposed ------------
+
+_forward_only_p = Primitive("odejax_forward_only")
+_forward_only_p.def_impl(lambda x: x)
+_forward_only_p.def_abstract_eval(lambda x: x)
+mlir.register_lowering(_forward_only_p, lambda ctx, x: [x])
+batching.primitive_batchers[_forward_only_p] = lambda args, dims: (
+    _forward_only_p.bind(args[0]),
+    dims[0],
+)
+
+
+def _forward_only_jvp(primals, tangents):
+    (x,), (t,) = primals, tangents
+    t = t if type(t) is ad.Zero else _forward_only_p.bind(t)
+    return _forward_only_p.bind(x), t
+
+
+def _forward_only_transpose(ct, x):
+    raise TypeError(
+        "This solve used adjoint='forward' (odejax.ForwardMode), which supports forward-mode"
+        " differentiation only (jax.jvp, jax.jacfwd). For reverse mode (jax.grad, jax.vjp,"
+        " jax.jacrev) use adjoint='backsolve' (O(1) memory) or adjoint='checkpoint' (the exact"
+        " gradient of the discretisation)."
+    )
+
+
+ad.primitive_jvps[_forward_only_p] = _forward_only_jvp
+ad.primitive_transposes[_forward_only_p] = _forward_only_transpose
+
+
+def forward_only(x):
+    """Identity that supports ``jvp`` but raises a clear error under reverse mode."""
+    return _forward_only_p.bind(x)
+
+
+# --- backsolve ----------------------------------------------------------------------------------
+
+_BACKWARD_STATS: dict[str, Any] = {}
+
+
+def backward_stats() -> dict[str, Any]:
+    """Step counts and ``nfe`` of the latest backward pass of a
+    ``BacksolveAdjoint(record_stats=True)`` solve (summed over its intervals; arrays under vmap).
+    """
+    return dict(_BACKWARD_STATS)
+
+
+def _record(stats):
+    _BACKWARD_STATS.clear()
+    _BACKWARD_STATS.update({k: np.asarray(v) for k, v in stats.items()})
+
+
+def _backsolve_solve(adjoint, f, z0, t0, t1, ts, args, opts, static):
+    # Every array in f and args is an input of the custom rule; closed-over tracers are hoisted
+    # out by closure conversion, so they get gradients too (never a silent zero).
+    f_dyn, f_static = eqx.partition(f, eqx.is_array)
+    a_dyn, a_static = eqx.partition(args, eqx.is_array)
+
+    def field(z, t, p):
+        return eqx.combine(p[0], f_static)(z, t, eqx.combine(p[1], a_static))
+
+    conv, consts = jax.closure_convert(field, z0, t0, (f_dyn, a_dyn))
+
+    def vector_field(z, t, params):
+        p, consts = params
+        return conv(z, t, p, *consts)
+
+    params = ((f_dyn, a_dyn), tuple(consts))
+    inner = ts if ts is not None else jnp.zeros((0,), t0.dtype)
+    grid = jnp.concatenate([t0[None], inner, t1[None]])
+    sol = _backsolve(vector_field, adjoint, static, opts, z0, grid, params)
+    rows = slice(1, -1) if ts is not None else slice(-1, None)
+    return Solution(
+        ts=ts if ts is not None else t1[None],
+        zs=jax.tree.map(lambda x: x[rows], sol.zs),
+        stats=sol.stats,
+        status=sol.status,
+        t_final=sol.t_final,
+        interpolation=sol.interpolation,
+    )
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(0, 1, 2))
+def _backsolve(vector_field, adjoint, static, opts, z0, grid, params):
+    """States at every ``grid`` time (``grid[0]`` is the initial time) as a :class:`Solution`."""
+    return integrate(vector_field, z0, grid[0], grid[-1], grid, params, opts, static)
+
+
+def _backsolve_fwd(vector_field, adjoint, static, opts, z0, grid, params):
+    opts, z0, grid, params = jax.tree.map(
+        lambda x: x.value,
+        (opts, z0, grid, params),
+        is_leaf=lambda x: isinstance(x, CustomVJPPrimal),
+    )
+    # Through the rule itself, so that differentiating the gradient again (reverse over
+    # reverse) differentiates this forward solve by backsolve too.
+    sol = _backsolve(vector_field, adjoint, static, opts, z0, grid, params)
+    return sol, (opts, grid, params, sol.zs)
+
+
+def _is_zero(ct) -> bool:
+    return all(isinstance(x, SymbolicZero) for x in jax.tree.leaves(ct))
+
+
+def _backsolve_bwd(vector_field, adjoint, static, residuals, ct):
+    opts, grid, params, zs = residuals
+    if ct.interpolation is not None and not _is_zero(ct.interpolation):
+        raise NotImplementedError(
+            "Differentiating Solution.evaluate (dense output) needs adjoint='checkpoint' or"
+            " adjoint='forward'; adjoint='backsolve' differentiates the states at `ts`."
+        )
+    dtype = jax.tree.leaves(zs)[0].dtype
+    zs_flat = jax.vmap(lambda z: ravel_pytree(z)[0])(zs)  # (N + 1, n)
+    n = zs_flat.shape[1]
+    unravel = ravel_pytree(jax.tree.map(lambda x: x[0], zs))[1]
+    g = _instantiate(ct.zs, zs)
+    g_flat = jax.vmap(lambda z: ravel_pytree(z)[0])(g).astype(zs_flat.dtype)
+
+    p_diff, p_rest = eqx.partition(params, eqx.is_inexact_array)
+
+    def field_flat(z_flat, t):
+        return ravel_pytree(vector_field(unravel(z_flat), t, params))[0]
+
+    def augmented(y, t, p_diff):
+        z, a, _ = y
+
+        def f_zp(z, p_diff):
+            return vector_field(z, t, eqx.combine(p_diff, p_rest))
+
+        fz, vjp = jax.vjp(f_zp, z, p_diff)
+        a_z, a_p = vjp(a)
+        return fz, jax.tree.map(jnp.negative, a_z), jax.tree.map(jnp.negative, a_p)
+
+    back_static, back_opts = _backward_setup(adjoint, static, opts, n, dtype)
+
+    def interval(carry, x):
+        a, p_bar = carry
+        t_hi, t_lo, z_hi, g_lo = x
+        y0 = (unravel(z_hi), unravel(a), p_bar)
+        sol = _backsolve(
+            augmented, adjoint, back_static, back_opts, y0, jnp.stack([t_hi, t_lo]), p_diff
+        )
+        _, a_lo, p_bar = jax.tree.map(lambda v: v[-1], sol.zs)
+        a_lo = ravel_pytree(a_lo)[0]
+        return (a_lo + g_lo, p_bar), (a_lo, sol.stats)
+
+    p_bar0 = jax.tree.map(jnp.zeros_like, p_diff)
+    xs = (grid[1:][::-1], grid[:-1][::-1], zs_flat[1:][::-1], g_flat[:-1][::-1])
+    (a0, p_bar), (a_lo, stats) = lax.scan(interval, (g_flat[-1], p_bar0), xs)
+    if adjoint.record_stats:
+        jax.debug.callback(_record, jax.tree.map(lambda s: jnp.sum(s, axis=0), stats))
+
+    # Time gradients (closed form of the paper's Appendix C, see the module docstring).
+    f_grid = jax.vmap(field_flat)(zs_flat, grid)
+    grid_bar = jnp.sum(g_flat * f_grid, axis=1)
+    grid_bar = grid_bar.at[0].set(-jnp.dot(a_lo[-1], f_grid[0]))
+    grid_bar = grid_bar.astype(grid.dtype)
+    if not isinstance(ct.ts, SymbolicZero):
+        grid_bar = grid_bar + ct.ts
+    if not isinstance(ct.t_final, SymbolicZero):
+        grid_bar = grid_bar.at[-1].add(ct.t_final)
+
+    params_bar = eqx.combine(p_bar, jax.tree.map(lambda _: None, p_rest))
+    z_first = jax.tree.map(lambda x: x[0], zs)
+    z0_bar = jax.tree.map(lambda c, z: c.astype(z.dtype), unravel(a0), z_first)
+    opts_bar = jax.tree.map(lambda _: None, opts)
+    return opts_bar, z0_bar, grid_bar, params_bar
+
+
+def _instantiate(ct, like):
+    return jax.tree.map(
+        lambda c, x: jnp.zeros(x.shape, x.dtype) if isinstance(c, SymbolicZero) else c,
+        ct,
+        like,
+        is_leaf=lambda c: isinstance(c, SymbolicZero),
+    )
+
+
+def _backward_setup(adjoint, static: Static, opts: Options, n: int, dtype):
+    """Static settings and tolerances of the backward solves."""
+
+    def tol(given, forward):
+        if given is not None:
+            return jnp.asarray(given, forward.dtype)
+        return jnp.min(forward) if forward.ndim else forward
+
+    back_static = static._replace(
+        solver=static.solver if adjoint.solver is None else get_solver(adjoint.solver),
+        dense=False,
+        progress=False,
+        has_dt0=False,
+        loop="while",
+        norm_dims=2 * n if adjoint.seminorm else None,
+        backward=True,
+    )
+    back_opts = Options(
+        rtol=tol(adjoint.rtol, opts.rtol),
+        atol=tol(adjoint.atol, opts.atol),
+        dt0=None,
+        dtmin=opts.dtmin,
+        dtmax=opts.dtmax,
+    )
+    return back_static, back_opts
+
+
+_backsolve.defvjp(_backsolve_fwd, _backsolve_bwd, symbolic_zeros=True)

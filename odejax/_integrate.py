@@ -1,0 +1,350 @@
+"""The integration loop: one step at a time, inside ``lax.while_loop`` (or a checkpointed scan).
+
+Each iteration tries one step of the Runge–Kutta method, scores it with the embedded error,
+accepts or rejects it (PI control of the next step), and save times that an accepted step passed
+are read off the method's dense interpolant. Steps are never shortened to hit a save time; only
+the last step is shortened to land on ``t1`` exactly.
+
+Two drivers share the step:
+
+* ``loop="while"`` (forward solves, backsolve adjoint): a ``lax.scan`` over the save times, each
+  running a ``lax.while_loop`` of steps until the save time is passed. No buffer of saved states
+  rides in the loop carry, so the loop is lean, also under ``vmap``.
+* ``loop="checkpoint"`` (discretise-then-optimise gradients): one bounded, checkpointed loop
+  (:mod:`odejax._loop`) whose iterations either take a step or write one save time.
+
+The state is raveled to one flat vector so a step is a handful of fused vector updates whatever
+the pytree; ``f`` sees (and returns) the user's pytree.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+from jax import Array, lax
+from jax.flatten_util import ravel_pytree
+
+from . import _checks, _progress
+from ._controller import PIController, initial_step, rms_norm
+from ._loop import checkpointed_while
+from ._solution import DenseInterpolation, Solution, Status
+from ._step import dense_weights, interpolate, rk_step
+from ._tableau import Solver
+
+__all__ = ["Options", "Static", "integrate"]
+
+_RUNNING = -1
+
+
+class _LoopState(NamedTuple):
+    """Carry of the solve loop. ``z``/``f0`` are flat ``(n,)`` vectors."""
+
+    t: Array  # time reached (start of the next step)
+    z: Array  # state at t
+    f0: Array  # f(t, z): first stage of the next step
+    dt: Array  # signed size of the next step to try
+    err_prev: Array  # scaled error of the last accepted step (PI memory)
+    last: tuple  # (t, z, dt, kstack) of the latest attempted step, when saving at ts
+    saved: tuple  # (save_index, zs buffer) for the checkpointed driver, else ()
+    num_steps: Array
+    num_accepted: Array
+    num_rejected: Array
+    status: Array  # _RUNNING while stepping, then a Status code
+    dense: tuple  # (t_nodes, z_nodes, kstack) when dense=True, else ()
+
+
+class Static(NamedTuple):
+    """Everything that shapes the compiled loop (hashable, so it can key the jit cache)."""
+
+    solver: Solver
+    controller: PIController
+    max_steps: int
+    dense: bool = False
+    throw: bool = True
+    progress: bool = False
+    has_dt0: bool = False
+    has_dtmin: bool = False
+    has_dtmax: bool = False
+    loop: str = "while"  # "while" or "checkpoint" (reverse-differentiable)
+    checkpoints: int | None = None  # stored carries of the checkpointed loop
+    norm_dims: int | None = None  # error norm over the first `norm_dims` components only
+    backward: bool = False  # this is an adjoint's backward solve (for error messages)
+
+
+class Options(NamedTuple):
+    """Run-time numbers of a solve (a pytree of arrays; ``None`` where not given)."""
+
+    rtol: Array
+    atol: Array
+    dt0: Array | None = None
+    dtmin: Array | None = None
+    dtmax: Array | None = None
+
+
+def flatten_tol(tol, z0, dtype):
+    """A tolerance as a scalar array, or ravelled per component when given as a pytree like z0."""
+    if not jax.tree.leaves(tol):
+        raise ValueError("Tolerances must be numbers or a pytree of numbers like z0.")
+    if len(jax.tree.leaves(tol)) == 1 and jnp.ndim(jax.tree.leaves(tol)[0]) == 0:
+        return jnp.asarray(jax.tree.leaves(tol)[0], dtype)
+    try:
+        full = jax.tree.map(
+            lambda t, z: jnp.broadcast_to(jnp.asarray(t, dtype), jnp.shape(z)), tol, z0
+        )
+    except (ValueError, TypeError) as e:
+        raise ValueError(
+            f"A per-component tolerance must be a pytree matching z0 (broadcastable leaves): {e}"
+        ) from None
+    return ravel_pytree(full)[0]
+
+
+@eqx.filter_jit
+def integrate(f, z0, t0, t1, ts, args, opts: Options, static: Static) -> Solution:
+    """Solve ``dz/dt = f(z, t, args)`` from ``(t0, z0)`` to ``t1``, saving at ``ts`` (or ``t1``).
+
+    Inputs are assumed validated (see :func:`odejax.solve`); ``ts`` may repeat ``t0``/``t1``.
+    """
+    solver, ctrl = static.solver, static.controller
+    rtol, atol, dt0, dtmin, dtmax = opts
+    save_ts = ts is not None
+    z_flat, unravel = ravel_pytree(z0)
+    dtype = z_flat.dtype
+    tdtype = t0.dtype
+
+    def fn(t, y):
+        return ravel_pytree(f(unravel(y), t, args))[0].astype(dtype)
+
+    direction = jnp.where(t1 >= t0, 1, -1).astype(tdtype)
+    rtol, atol = _checks.check_tolerances(rtol, atol)
+
+    f0 = fn(t0, z_flat)
+    nfe0 = 1
+    if static.has_dt0:
+        dt_init = direction * jnp.abs(dt0)
+    else:
+        dt_init = initial_step(fn, t0, z_flat, f0, atol, rtol, solver.order, direction)
+        nfe0 += 1
+    if static.has_dtmax:
+        dt_init = direction * jnp.minimum(jnp.abs(dt_init), dtmax)
+    dt_init = dt_init.astype(tdtype)
+
+    weights, rows = dense_weights(solver)
+    checkpointed = static.loop == "checkpoint"
+    last, saved = (), ()
+    if save_ts:
+        last = (t0, z_flat, jnp.zeros((), dtype), jnp.zeros((len(rows), z_flat.shape[0]), dtype))
+        if checkpointed:
+            zs0 = jnp.full((ts.shape[0], z_flat.shape[0]), jnp.nan, dtype)
+            saved = (jnp.zeros((), jnp.int32), zs0)
+    dense = ()
+    if static.dense:
+        m, n = len(rows), z_flat.shape[0]
+        t_nodes = jnp.full((static.max_steps + 1,), t0, tdtype)
+        dense = (
+            t_nodes,
+            jnp.zeros((static.max_steps, n), dtype),
+            jnp.zeros((static.max_steps, m, n), dtype),
+        )
+
+    zero = jnp.zeros((), jnp.int32)
+    state = _LoopState(
+        t=t0,
+        z=z_flat,
+        f0=f0,
+        dt=dt_init,
+        err_prev=jnp.ones((), dtype),
+        last=last,
+        saved=saved,
+        num_steps=zero,
+        num_accepted=zero,
+        num_rejected=zero,
+        status=jnp.where(t0 == t1, Status.SUCCESS, _RUNNING).astype(jnp.int32),
+        dense=dense,
+    )
+
+    if static.progress:
+        pkey = _progress.progress_open(t0, t1)
+
+    def cond(st: _LoopState):
+        return st.status == _RUNNING
+
+    def body(st: _LoopState) -> _LoopState:
+        t, z = st.t, st.z
+        if solver.adaptive:
+            t_try = t + st.dt
+        else:  # count fixed steps from t0 so rounding does not accumulate
+            t_try = t0 + (st.num_accepted + 1).astype(tdtype) * st.dt
+        # Land exactly on t1, folding in a remainder that is only rounding noise.
+        slack = 64 * jnp.finfo(tdtype).eps * jnp.maximum(jnp.abs(t_try), jnp.abs(t1))
+        final_step = direction * (t1 - t_try) <= slack
+        t_next = jnp.where(final_step, t1, t_try)
+        dt = t_next - t
+        step = rk_step(solver, fn, t, z, dt.astype(dtype), st.f0)
+
+        if solver.adaptive:
+            scale = atol + rtol * jnp.maximum(jnp.abs(z), jnp.abs(step.z1))
+            scaled = step.err / scale
+            if static.norm_dims is not None:  # seminorm: only the leading components count
+                scaled = scaled[: static.norm_dims]
+            err = rms_norm(scaled)
+            accept = err <= 1  # false for nan
+            finite = jnp.isfinite(err)
+            factor = ctrl.factor(err, st.err_prev, solver.error_order)
+            dt_new = (dt * factor.astype(tdtype)).astype(tdtype)
+            err_prev = jnp.where(accept, jnp.maximum(err, 1e-4), st.err_prev).astype(dtype)
+        else:
+            finite = jnp.all(jnp.isfinite(step.z1))
+            accept = finite
+            dt_new = st.dt
+            err_prev = st.err_prev
+        if static.has_dtmax:
+            dt_new = direction * jnp.minimum(jnp.abs(dt_new), dtmax)
+        underflow = t + dt_new == t
+        if static.has_dtmin:
+            underflow = underflow | (jnp.abs(dt_new) < dtmin)
+        if not solver.adaptive:
+            underflow = ~finite
+
+        t_new = jnp.where(accept, t_next, t)
+        z_new = jnp.where(accept, step.z1, z)
+        f0_new = jnp.where(accept, step.f1, st.f0)
+
+        dense, last = st.dense, st.last
+        if save_ts or static.dense:
+            kstack = jnp.stack([step.ks[i] for i in rows])
+        if save_ts:
+            # The step that ends a run of the save loop below is always an accepted one.
+            last = (t, z, dt.astype(dtype), kstack)
+        if static.dense:
+            t_nodes, z_nodes, k_nodes = dense
+            slot = jnp.where(accept, st.num_accepted, static.max_steps)  # out of range: dropped
+            dense = (
+                t_nodes.at[slot + 1].set(t_next, mode="drop"),
+                z_nodes.at[slot].set(z, mode="drop"),
+                k_nodes.at[slot].set(kstack, mode="drop"),
+            )
+
+        num_steps = st.num_steps + 1
+        status = jnp.where(
+            accept & final_step,
+            Status.SUCCESS,
+            jnp.where(
+                num_steps >= static.max_steps,
+                Status.MAX_STEPS_REACHED,
+                jnp.where(
+                    ~accept & underflow,
+                    jnp.where(finite, Status.DT_UNDERFLOW, Status.NONFINITE),
+                    _RUNNING,
+                ),
+            ),
+        ).astype(jnp.int32)
+        if static.progress:
+            _progress.progress_update(pkey, t_new, num_steps)
+        return _LoopState(
+            t=t_new,
+            z=z_new,
+            f0=f0_new,
+            dt=jnp.where(accept & final_step, st.dt, dt_new),
+            err_prev=err_prev,
+            last=last,
+            saved=st.saved,
+            num_steps=num_steps,
+            num_accepted=st.num_accepted + accept.astype(jnp.int32),
+            num_rejected=st.num_rejected + (~accept).astype(jnp.int32),
+            status=status,
+            dense=dense,
+        )
+
+    def read_off(st: _LoopState, ti):
+        """The state at save time ``ti``, which the last accepted step has passed (or nan)."""
+        t_a, z_a, dt_a, kstack = st.last
+        theta = (ti - t_a).astype(dtype) / jnp.where(dt_a == 0, 1, dt_a)
+        zi = interpolate(weights, kstack, z_a, dt_a, theta)
+        zi = jnp.where(ti == st.t, st.z, zi)
+        return jnp.where(direction * (st.t - ti) >= 0, zi, jnp.nan)
+
+    if checkpointed:
+        num_save = ts.shape[0] if save_ts else 0
+
+        def pending(st: _LoopState):
+            if not save_ts:
+                return jnp.zeros((), bool)
+            i = st.saved[0]
+            return (i < num_save) & (direction * (ts[jnp.minimum(i, num_save - 1)] - st.t) <= 0)
+
+        def save_point(st: _LoopState) -> _LoopState:
+            i, buf = st.saved
+            buf = lax.dynamic_update_slice_in_dim(buf, read_off(st, ts[i])[None], i, axis=0)
+            return st._replace(saved=(i + 1, buf))
+
+        def ck_body(st):
+            return lax.cond(pending(st), save_point, body, st) if save_ts else body(st)
+
+        final = checkpointed_while(
+            lambda st: cond(st) | pending(st),
+            ck_body,
+            state,
+            static.max_steps + num_save + 1,
+            static.checkpoints,
+        )
+        if save_ts:
+            zs = final.saved[1]
+    elif save_ts:
+        # Step until each save time is passed, then read it off the last step's interpolant.
+        # The scan ends with t1 itself (its value dropped), so the loop body is compiled once.
+        def save_one(st: _LoopState, ti):
+            st = lax.while_loop(lambda s: cond(s) & (direction * (s.t - ti) < 0), body, st)
+            return st, read_off(st, ti)
+
+        final, zs = lax.scan(save_one, state, jnp.concatenate([ts, t1[None]]))
+        zs = zs[:-1]
+    else:
+        final = lax.while_loop(cond, body, state)
+    if not save_ts:
+        zs = jnp.where(final.status == Status.SUCCESS, final.z, jnp.nan)[None]
+    if static.progress:
+        _progress.progress_close(pkey, final.t, final.num_steps)
+
+    if static.throw:
+        zs = _checks.raise_if_failed(
+            zs,
+            final.status,
+            final.t,
+            t1,
+            static.max_steps,
+            backward=static.backward,
+            has_dtmin=static.has_dtmin,
+        )
+    stage_evals = solver.tableau.num_stages - (1 if solver.tableau.fsal else 0)
+    trivial = t0 == t1
+    stats = {
+        "num_steps": final.num_steps,
+        "num_accepted": final.num_accepted,
+        "num_rejected": final.num_rejected,
+        "nfe": jnp.where(trivial, 0, nfe0 + stage_evals * final.num_steps).astype(jnp.int32),
+    }
+    interp = None
+    if static.dense:
+        t_nodes, z_nodes, k_nodes = final.dense
+        # Unused tail nodes repeat the end time so the search over nodes stays sorted.
+        idx = jnp.arange(static.max_steps + 1)
+        t_nodes = jnp.where(idx <= final.num_accepted, t_nodes, final.t)
+        interp = DenseInterpolation(
+            t_nodes=t_nodes,
+            z_nodes=z_nodes,
+            kstack=k_nodes,
+            num_steps=final.num_accepted,
+            weights=tuple(map(tuple, weights.tolist())),
+            unravel=unravel,
+        )
+    return Solution(
+        ts=ts if save_ts else t1[None],
+        zs=jax.vmap(unravel)(zs),
+        stats=stats,
+        status=final.status,
+        t_final=final.t,
+        interpolation=interp,
+    )
