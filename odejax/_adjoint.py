@@ -200,7 +200,7 @@ def _backsolve_solve(adjoint, f, z0, t0, t1, ts, args, opts, static):
 
     def vector_field(z, t, params):
         p, consts = params
-        return conv(z, t, p, *consts)
+        return conv(z, t.astype(t0.dtype), p, *consts)  # the traced field fixes t's dtype
 
     params = ((f_dyn, a_dyn), tuple(consts))
     inner = ts if ts is not None else jnp.zeros((0,), t0.dtype)

@@ -103,7 +103,8 @@ def initial_step(fn, t0, z0, f0, atol, rtol, order: int, direction) -> Array:
     d1 = rms_norm(f0 / scale)
     small = (d0 < 1e-5) | (d1 < 1e-5)
     h0 = jnp.where(small, 1e-6, 0.01 * d0 / jnp.where(small, 1.0, d1))
-    f1 = fn(t0 + direction * h0, z0 + direction * h0 * f0)
+    h0 = h0.astype(z0.dtype)
+    f1 = fn((t0 + direction * h0).astype(t0.dtype), z0 + direction * h0 * f0)
     d2 = rms_norm((f1 - f0) / scale) / h0
     dmax = jnp.maximum(d1, d2)
     h1 = jnp.where(

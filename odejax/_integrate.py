@@ -182,7 +182,7 @@ def integrate(f, z0, t0, t1, ts, args, opts: Options, static: Static) -> Solutio
         final_step = direction * (t1 - t_try) <= slack
         t_next = jnp.where(final_step, t1, t_try)
         dt = t_next - t
-        step = rk_step(solver, fn, t, z, dt.astype(dtype), st.f0)
+        step = rk_step(solver, fn, t, z, dt, st.f0)
 
         if solver.adaptive:
             scale = atol + rtol * jnp.maximum(jnp.abs(z), jnp.abs(step.z1))

@@ -50,27 +50,28 @@ class StepResult(NamedTuple):
 
 
 def rk_step(solver: Solver, fn: FlatField, t: Array, z: Array, dt: Array, f0: Array) -> StepResult:
-    """Attempt one step of ``solver`` from ``(t, z)`` with step ``dt`` (signed).
+    """Attempt one step of ``solver`` from ``(t, z)`` with step ``dt`` (signed, time dtype).
 
     ``f0 = fn(t, z)`` is reused as the first stage. Costs ``s - 1`` evaluations for FSAL methods
     and ``s`` otherwise (the last one is ``f(t + dt, z1)``, which the next step reuses).
     """
     tab = solver.tableau
     s = tab.num_stages
+    dz = dt.astype(z.dtype)  # stage times stay in the time dtype, increments in the state's
     ks = [f0]
     z1 = None
     for i in range(1, s):
         inc = lincomb(tab.a[i, :i], ks)
-        zi = z if inc is None else z + dt * inc
+        zi = z if inc is None else z + dz * inc
         if tab.fsal and i == s - 1:
             z1 = zi
         ks.append(fn(t + float(tab.c[i]) * dt, zi))
     if z1 is None:
-        z1 = z + dt * lincomb(tab.b, ks)
+        z1 = z + dz * lincomb(tab.b, ks)
         f1 = fn(t + dt, z1)
     else:
         f1 = ks[-1]
-    err = None if tab.e is None else dt * lincomb(tab.e, ks)
+    err = None if tab.e is None else dz * lincomb(tab.e, ks)
     return StepResult(z1=z1, err=err, f1=f1, ks=(*ks, f1))
 
 

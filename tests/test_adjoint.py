@@ -1,0 +1,239 @@
+"""Gradients: the three adjoints against finite differences and against each other."""
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from jax.test_util import check_grads
+
+import odejax
+
+ADJOINTS = ["backsolve", "checkpoint"]
+TOL = dict(rtol=1e-10, atol=1e-10)
+
+
+def vdp(z, t, mu):
+    x, y = z
+    return jnp.stack([y, mu * (1 - x**2) * y - x])
+
+
+def forced(z, t, args):
+    """A non-autonomous field, so time gradients exercise ∂f/∂t."""
+    k, w = args
+    return -k * z + jnp.sin(w * t)
+
+
+Z0 = jnp.array([2.0, 0.0])
+TS = jnp.linspace(0.0, 3.0, 7)
+
+
+def vdp_loss(z0, mu, ts, adjoint):
+    zs = odejax.odeint(vdp, z0, ts, mu, adjoint=adjoint, **TOL)
+    return jnp.sum(zs**2)
+
+
+def central_fd(fn, x, eps=1e-6):
+    x = np.asarray(x, dtype=np.float64)
+    out = np.zeros_like(x)
+    for i in np.ndindex(x.shape):
+        e = np.zeros_like(x)
+        e[i] = eps
+        out[i] = (fn(jnp.asarray(x + e)) - fn(jnp.asarray(x - e))) / (2 * eps)
+    return out
+
+
+@pytest.fixture(scope="module")
+def fd_grads():
+    fwd = "forward"
+    return (
+        central_fd(lambda z: vdp_loss(z, 1.5, TS, fwd), Z0),
+        central_fd(lambda m: vdp_loss(Z0, m, TS, fwd), np.float64(1.5)),
+        central_fd(lambda t: vdp_loss(Z0, 1.5, t, fwd), TS),
+    )
+
+
+@pytest.mark.parametrize("adjoint", ADJOINTS)
+def test_gradients_match_finite_differences(adjoint, fd_grads):
+    grad = jax.jit(jax.grad(vdp_loss, argnums=(0, 1, 2)), static_argnums=3)
+    g_z0, g_mu, g_ts = grad(Z0, 1.5, TS, adjoint)
+    fd_z0, fd_mu, fd_ts = fd_grads
+    np.testing.assert_allclose(g_z0, fd_z0, rtol=1e-6, atol=1e-6)
+    np.testing.assert_allclose(g_mu, fd_mu, rtol=1e-6, atol=1e-6)
+    np.testing.assert_allclose(g_ts, fd_ts, rtol=1e-6, atol=1e-6)
+
+
+def test_checkpoint_is_exact_gradient_of_the_discretisation():
+    """Reverse mode through the steps equals forward mode through the same steps, to rounding."""
+    rev = jax.grad(vdp_loss, argnums=1)(Z0, 1.5, TS, "checkpoint")
+    fwd = jax.jvp(lambda m: vdp_loss(Z0, m, TS, "forward"), (1.5,), (1.0,))[1]
+    np.testing.assert_allclose(rev, fwd, rtol=1e-12)
+
+
+def test_time_gradients_of_solve_t0_t1():
+    def loss(t0, t1, k, adjoint):
+        sol = odejax.solve(forced, jnp.ones(2), t0, t1, args=(k, 2.0), adjoint=adjoint, **TOL)
+        return jnp.sum(sol.zs**2)
+
+    fd = [
+        central_fd(lambda t0: loss(t0, 2.0, 0.5, "forward"), np.float64(0.3)),
+        central_fd(lambda t1: loss(0.3, t1, 0.5, "forward"), np.float64(2.0)),
+        central_fd(lambda k: loss(0.3, 2.0, k, "forward"), np.float64(0.5)),
+    ]
+    for adjoint in ADJOINTS:
+        g = jax.grad(loss, argnums=(0, 1, 2))(0.3, 2.0, 0.5, adjoint)
+        np.testing.assert_allclose(g, fd, rtol=1e-6, atol=1e-7)
+
+
+def test_backwards_in_time_and_pytree_state():
+    def loss(k, adjoint):
+        z0 = {"a": jnp.array(1.0), "b": (jnp.array([0.5, -0.5]),)}
+        ts = jnp.array([2.0, 1.0, 0.0])  # backwards
+
+        def f(z, t, k):
+            return {"a": -k * z["a"] * z["b"][0][0], "b": (k * jnp.cos(t) * z["b"][0],)}
+
+        zs = odejax.odeint(f, z0, ts, k, adjoint=adjoint, **TOL)
+        return jnp.sum(zs["a"] ** 2) + jnp.sum(zs["b"][0] ** 3)
+
+    fd = central_fd(lambda k: loss(k, "forward"), np.float64(0.7))
+    for adjoint in ADJOINTS:
+        np.testing.assert_allclose(jax.grad(loss)(0.7, adjoint), fd, rtol=1e-6)
+
+
+class Field(eqx.Module):
+    mlp: eqx.nn.MLP
+
+    def __call__(self, z, t, args):
+        return self.mlp(jnp.concatenate([z, t[None]]))
+
+
+def test_equinox_mlp_parameters_all_adjoints_agree():
+    field = Field(eqx.nn.MLP(3, 2, 16, 2, activation=jnp.tanh, key=jax.random.PRNGKey(0)))
+    z0 = jnp.array([0.5, -0.3])
+    ts = jnp.linspace(0.0, 1.0, 4)
+
+    def loss(field, adjoint):
+        return jnp.sum(odejax.odeint(field, z0, ts, adjoint=adjoint, **TOL) ** 2)
+
+    grads = {a: eqx.filter_grad(loss)(field, a) for a in ADJOINTS}
+    leaves = [jax.tree.leaves(grads[a]) for a in ADJOINTS]
+    for x, y in zip(*leaves):
+        np.testing.assert_allclose(x, y, rtol=1e-6, atol=1e-8)
+    # ... and against a finite difference along one direction of the parameters.
+    params, static = eqx.partition(field, eqx.is_inexact_array)
+    direction = jax.tree.map(lambda p: jnp.sin(jnp.arange(p.size).reshape(p.shape) + 1.0), params)
+    along = sum(jnp.vdot(g, d) for g, d in zip(leaves[0], jax.tree.leaves(direction)))
+
+    def shifted(eps):
+        p = jax.tree.map(lambda p, d: p + eps * d, params, direction)
+        return loss(eqx.combine(p, static), "forward")
+
+    fd = (shifted(1e-6) - shifted(-1e-6)) / 2e-6
+    np.testing.assert_allclose(along, fd, rtol=1e-6)
+
+
+def test_closure_over_traced_values_gets_its_gradient():
+    def loss(theta, adjoint):
+        zs = odejax.odeint(lambda z, t, a: -theta * z, jnp.ones(2), TS, adjoint=adjoint, **TOL)
+        return jnp.sum(zs)
+
+    exact = jax.grad(lambda th: jnp.sum(2 * jnp.exp(-th * TS)))(0.7)
+    for adjoint in ADJOINTS:
+        np.testing.assert_allclose(jax.grad(loss)(0.7, adjoint), exact, rtol=1e-8)
+
+
+def test_second_derivatives():
+    def loss(theta, adjoint):
+        zs = odejax.odeint(
+            lambda z, t, a: -a * z**2, jnp.ones(2), TS, theta, adjoint=adjoint, **TOL
+        )
+        return jnp.sum(zs**2)
+
+    check_grads(lambda th: loss(th, "backsolve"), (0.7,), order=2, modes=["rev"], atol=1e-5)
+    rr = jax.jacrev(jax.grad(lambda th: loss(th, "backsolve")))(0.7)
+    ff = jax.jacfwd(jax.jacfwd(lambda th: loss(th, "forward")))(0.7)
+    np.testing.assert_allclose(rr, ff, rtol=1e-6)
+
+
+def test_gradients_under_vmap_and_jit():
+    def loss(mu):
+        return vdp_loss(Z0, mu, TS, "backsolve")
+
+    mus = jnp.array([0.5, 1.5, 3.0])
+    batched = jax.jit(jax.vmap(jax.grad(loss)))(mus)
+    single = jnp.stack([jax.grad(loss)(m) for m in mus])
+    np.testing.assert_allclose(batched, single, rtol=1e-8)
+
+
+def test_float32_gradients():
+    def loss(k, adjoint):
+        zs = odejax.odeint(forced, jnp.ones(2, jnp.float32), TS.astype(jnp.float32), (k, 2.0),
+                           adjoint=adjoint, rtol=1e-5, atol=1e-6)  # fmt: skip
+        return jnp.sum(zs**2)
+
+    k = jnp.float32(0.5)
+    gb = jax.grad(loss)(k, "backsolve")
+    gc = jax.grad(loss)(k, "checkpoint")
+    assert gb.dtype == gc.dtype == jnp.float32
+    np.testing.assert_allclose(gb, gc, rtol=1e-3)
+
+
+def test_seminorm_and_backward_stats():
+    field = Field(eqx.nn.MLP(3, 2, 16, 2, activation=jnp.tanh, key=jax.random.PRNGKey(1)))
+    z0 = jnp.array([0.5, -0.3])
+
+    def loss(field, adjoint):
+        zs = odejax.odeint(field, z0, jnp.array([0.0, 1.0]), adjoint=adjoint, rtol=1e-7, atol=1e-7)
+        return jnp.sum(zs**2)
+
+    full = eqx.filter_grad(loss)(field, odejax.BacksolveAdjoint(record_stats=True))
+    stats_full = odejax.backward_stats()
+    semi = eqx.filter_grad(loss)(field, odejax.BacksolveAdjoint(seminorm=True, record_stats=True))
+    stats_semi = odejax.backward_stats()
+    assert stats_full["nfe"] > 0 and stats_semi["nfe"] <= stats_full["nfe"]
+    for x, y in zip(jax.tree.leaves(full), jax.tree.leaves(semi)):
+        np.testing.assert_allclose(x, y, rtol=1e-4, atol=1e-7)
+
+
+def test_wrong_mode_errors_name_the_adjoint_to_use():
+    with pytest.raises(TypeError, match="backsolve"):
+        jax.grad(vdp_loss, argnums=1)(Z0, 1.5, TS, "forward")
+    with pytest.raises(TypeError, match="adjoint='forward'"):
+        jax.jvp(lambda m: vdp_loss(Z0, m, TS, "backsolve"), (1.5,), (1.0,))
+
+
+def test_integer_leaves_are_left_alone():
+    def loss(k, adjoint):
+        def f(z, t, args):
+            scale, n = args
+            return -scale * z * n
+
+        zs = odejax.odeint(f, jnp.ones(2), TS, (k, jnp.array(2)), adjoint=adjoint, **TOL)
+        return jnp.sum(zs)
+
+    exact = jax.grad(lambda k: jnp.sum(2 * jnp.exp(-2 * k * TS)))(0.3)
+    for adjoint in ADJOINTS:
+        np.testing.assert_allclose(jax.grad(loss)(0.3, adjoint), exact, rtol=1e-8)
+
+
+def _temp_bytes(fn, *args) -> int:
+    return jax.jit(fn).lower(*args).compile().memory_analysis().temp_size_in_bytes
+
+
+def test_memory_backsolve_constant_checkpoint_sublinear():
+    def grad_fn(adjoint, max_steps):
+        def loss(mu):
+            zs = odejax.odeint(vdp, Z0, TS, mu, adjoint=adjoint, max_steps=max_steps)
+            return jnp.sum(zs**2)
+
+        return jax.grad(loss)
+
+    small, large = 1_000, 100_000
+    bs_small = _temp_bytes(grad_fn("backsolve", small), 1.5)
+    bs_large = _temp_bytes(grad_fn("backsolve", large), 1.5)
+    assert bs_large <= 1.05 * bs_small + 1024
+    ck_small = _temp_bytes(grad_fn("checkpoint", small), 1.5)
+    ck_large = _temp_bytes(grad_fn("checkpoint", large), 1.5)
+    # 100x the steps: linear growth would be 100x; sqrt growth is 10x.
+    assert ck_large < 20 * ck_small
