@@ -202,7 +202,7 @@ def integrate(f, z0, t0, t1, ts, args, opts: Options, static: Static) -> Solutio
             err_prev = st.err_prev
         if static.has_dtmax:
             dt_new = direction * jnp.minimum(jnp.abs(dt_new), dtmax)
-        underflow = t + dt_new == t
+        underflow = (t + dt_new == t) | ~jnp.isfinite(dt_new)  # nan from a nan start too
         if static.has_dtmin:
             underflow = underflow | (jnp.abs(dt_new) < dtmin)
         if not solver.adaptive:

@@ -63,6 +63,7 @@ class DenseInterpolation(eqx.Module):
     weights: tuple = eqx.field(static=True)  # the interpolant's (m, p) matrix, as nested tuples
     unravel: Callable = eqx.field(static=True)
 
+    @eqx.filter_jit
     def evaluate(self, t) -> object:
         """The solution at time(s) ``t`` (any shape), stacked on leading axes of shape ``t.shape``.
 
