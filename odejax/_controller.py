@@ -51,26 +51,32 @@ class PIController:
                 f" factormin={self.factormin}, factormax={self.factormax}."
             )
 
-    def factor(self, err: Array, err_prev: Array, error_order: int) -> Array:
-        """Multiplier for the next step given this step's and the last accepted scaled errors.
+    def factor(self, log_err: Array, log_err_prev: Array, error_order: int) -> Array:
+        """Multiplier for the next step, from this step's and the last accepted scaled errors.
+
+        Works on logarithms, ``safety * exp(-β1 log ε + β2 log ε_prev)``, so a step costs one
+        ``log`` and one ``exp``.
 
         Args:
-            err: scaled error ``ε`` of this step (``nan``/``inf`` for a non-finite candidate).
-            err_prev: scaled error of the last accepted step (``1`` at the start).
+            log_err: ``log ε`` of this step (``nan``/``inf`` for a non-finite candidate).
+            log_err_prev: ``log ε`` of the last accepted step (``0`` at the start).
             error_order: order ``q`` of the embedded estimate.
         """
         k = error_order + 1
         beta1 = (self.pcoeff + self.icoeff) / k
         beta2 = self.pcoeff / k
-        finite = jnp.isfinite(err)
-        # Guard the powers: a zero error grows by factormax, a non-finite one shrinks by factormin.
-        safe_err = jnp.where(finite, jnp.maximum(err, 1e-10), 1.0)
-        fac = self.safety * safe_err ** (-beta1)
+        finite = jnp.isfinite(log_err)
+        # A zero error grows by factormax, a non-finite one shrinks by factormin.
+        expo = -beta1 * jnp.where(finite, jnp.maximum(log_err, _LOG_TINY), 0.0)
         if beta2:
-            fac = fac * err_prev**beta2
-        accept = finite & (err <= 1)
+            expo = expo + beta2 * log_err_prev
+        fac = self.safety * jnp.exp(expo)
+        accept = log_err <= 0  # false for nan
         fac = jnp.clip(fac, self.factormin, jnp.where(accept, self.factormax, self.safety))
         return jnp.where(finite, fac, self.factormin)
+
+
+_LOG_TINY = -23.0  # log(1e-10): errors below this count as 1e-10
 
 
 def rms_norm(x: Array) -> Array:

@@ -46,12 +46,11 @@ class _LoopState(NamedTuple):
     z: Array  # state at t
     f0: Array  # f(t, z): first stage of the next step
     dt: Array  # signed size of the next step to try
-    err_prev: Array  # scaled error of the last accepted step (PI memory)
+    log_err_prev: Array  # log scaled error of the last accepted step (PI memory)
     last: tuple  # (t, z, dt, kstack) of the latest attempted step, when saving at ts
     saved: tuple  # (save_index, zs buffer) for the checkpointed driver, else ()
     num_steps: Array
     num_accepted: Array
-    num_rejected: Array
     status: Array  # _RUNNING while stepping, then a Status code
     dense: tuple  # (t_nodes, z_nodes, kstack) when dense=True, else ()
 
@@ -155,12 +154,11 @@ def integrate(f, z0, t0, t1, ts, args, opts: Options, static: Static) -> Solutio
         z=z_flat,
         f0=f0,
         dt=dt_init,
-        err_prev=jnp.ones((), dtype),
+        log_err_prev=jnp.zeros((), dtype),
         last=last,
         saved=saved,
         num_steps=zero,
         num_accepted=zero,
-        num_rejected=zero,
         status=jnp.where(t0 == t1, Status.SUCCESS, _RUNNING).astype(jnp.int32),
         dense=dense,
     )
@@ -190,16 +188,18 @@ def integrate(f, z0, t0, t1, ts, args, opts: Options, static: Static) -> Solutio
             if static.norm_dims is not None:  # seminorm: only the leading components count
                 scaled = scaled[: static.norm_dims]
             err = rms_norm(scaled)
-            accept = err <= 1  # false for nan
-            finite = jnp.isfinite(err)
-            factor = ctrl.factor(err, st.err_prev, solver.error_order)
+            log_err = jnp.log(err)
+            accept = log_err <= 0  # false for nan
+            finite = jnp.isfinite(log_err)
+            factor = ctrl.factor(log_err, st.log_err_prev, solver.error_order)
             dt_new = (dt * factor.astype(tdtype)).astype(tdtype)
-            err_prev = jnp.where(accept, jnp.maximum(err, 1e-4), st.err_prev).astype(dtype)
+            # Floor the PI memory at ε = 1e-4, so a lucky tiny error does not overshoot next.
+            log_err_prev = jnp.where(accept, jnp.maximum(log_err, -9.2), st.log_err_prev)
         else:
             finite = jnp.all(jnp.isfinite(step.z1))
             accept = finite
             dt_new = st.dt
-            err_prev = st.err_prev
+            log_err_prev = st.log_err_prev
         if static.has_dtmax:
             dt_new = direction * jnp.minimum(jnp.abs(dt_new), dtmax)
         underflow = (t + dt_new == t) | ~jnp.isfinite(dt_new)  # nan from a nan start too
@@ -248,12 +248,11 @@ def integrate(f, z0, t0, t1, ts, args, opts: Options, static: Static) -> Solutio
             z=z_new,
             f0=f0_new,
             dt=jnp.where(accept & final_step, st.dt, dt_new),
-            err_prev=err_prev,
+            log_err_prev=log_err_prev.astype(dtype),
             last=last,
             saved=st.saved,
             num_steps=num_steps,
             num_accepted=st.num_accepted + accept.astype(jnp.int32),
-            num_rejected=st.num_rejected + (~accept).astype(jnp.int32),
             status=status,
             dense=dense,
         )
@@ -323,7 +322,7 @@ def integrate(f, z0, t0, t1, ts, args, opts: Options, static: Static) -> Solutio
     stats = {
         "num_steps": final.num_steps,
         "num_accepted": final.num_accepted,
-        "num_rejected": final.num_rejected,
+        "num_rejected": final.num_steps - final.num_accepted,
         "nfe": jnp.where(trivial, 0, nfe0 + stage_evals * final.num_steps).astype(jnp.int32),
     }
     interp = None

@@ -86,8 +86,10 @@ def Bosh3() -> Solver:  # noqa: N802
 def Dopri5() -> Solver:  # noqa: N802
     """Dormand–Prince 5(4): 7 stages, FSAL, Hairer's fourth-order dense output."""
     b = np.array([35 / 384, 0, 500 / 1113, 125 / 192, -2187 / 6784, 11 / 84, 0])
+    # The embedded fourth-order weights of the Diffrax / jax.experimental.ode / torchdiffeq
+    # implementations (rather than Hairer's 5179/57600, ... pair), so step counts compare.
     b_hat = np.array(
-        [5179 / 57600, 0, 7571 / 16695, 393 / 640, -92097 / 339200, 187 / 2100, 1 / 40]
+        [1951 / 21600, 0, 22642 / 50085, 451 / 720, -12231 / 42400, 649 / 6300, 1 / 60]
     )
     tab = ButcherTableau(
         a=_lower(
