@@ -47,7 +47,7 @@ class _LoopState(NamedTuple):
     f0: Array  # f(t, z): first stage of the next step
     dt: Array  # signed size of the next step to try
     log_err_prev: Array  # log scaled error of the last accepted step (PI memory)
-    last: tuple  # (t, z, dt, kstack) of the latest attempted step, when saving at ts
+    last: tuple  # (dt, kstack) of the latest attempted step, when saving at ts
     saved: tuple  # (save_index, zs buffer) for the checkpointed driver, else ()
     num_steps: Array
     num_accepted: Array
@@ -131,10 +131,11 @@ def integrate(f, z0, t0, t1, ts, args, opts: Options, static: Static) -> Solutio
     dt_init = dt_init.astype(tdtype)
 
     weights, rows = dense_weights(solver)
+    end_weights, _ = dense_weights(solver, anchor="end")
     checkpointed = static.loop == "checkpoint"
     last, saved = (), ()
     if save_ts:
-        last = (t0, z_flat, jnp.zeros((), dtype), jnp.zeros((len(rows), z_flat.shape[0]), dtype))
+        last = (jnp.zeros((), dtype), jnp.zeros((len(rows), z_flat.shape[0]), dtype))
         if checkpointed:
             zs0 = jnp.full((ts.shape[0], z_flat.shape[0]), jnp.nan, dtype)
             saved = (jnp.zeros((), jnp.int32), zs0)
@@ -216,8 +217,9 @@ def integrate(f, z0, t0, t1, ts, args, opts: Options, static: Static) -> Solutio
         if save_ts or static.dense:
             kstack = jnp.stack([step.ks[i] for i in rows])
         if save_ts:
-            # The step that ends a run of the save loop below is always an accepted one.
-            last = (t, z, dt.astype(dtype), kstack)
+            # The step that ends a run of the save loop below is always an accepted one, so
+            # its end is the loop's (t, z): only dt and the stages need keeping.
+            last = (dt.astype(dtype), kstack)
         if static.dense:
             t_nodes, z_nodes, k_nodes = dense
             slot = jnp.where(accept, st.num_accepted, static.max_steps)  # out of range: dropped
@@ -259,9 +261,9 @@ def integrate(f, z0, t0, t1, ts, args, opts: Options, static: Static) -> Solutio
 
     def read_off(st: _LoopState, ti):
         """The state at save time ``ti``, which the last accepted step has passed (or nan)."""
-        t_a, z_a, dt_a, kstack = st.last
-        theta = (ti - t_a).astype(dtype) / jnp.where(dt_a == 0, 1, dt_a)
-        zi = interpolate(weights, kstack, z_a, dt_a, theta)
+        dt_a, kstack = st.last
+        theta = 1 + (ti - st.t).astype(dtype) / jnp.where(dt_a == 0, 1, dt_a)
+        zi = interpolate(end_weights, kstack, st.z, dt_a, theta)
         zi = jnp.where(ti == st.t, st.z, zi)
         return jnp.where(direction * (st.t - ti) >= 0, zi, jnp.nan)
 

@@ -75,16 +75,26 @@ def rk_step(solver: Solver, fn: FlatField, t: Array, z: Array, dt: Array, f0: Ar
     return StepResult(z1=z1, err=err, f1=f1, ks=(*ks, f1))
 
 
-def dense_weights(solver: Solver) -> tuple[np.ndarray, tuple[int, ...]]:
-    """The interpolant reduced to the rows that matter.
+def dense_weights(solver: Solver, anchor: str = "start") -> tuple[np.ndarray, tuple[int, ...]]:
+    """The interpolant reduced to the rows that matter, as a polynomial in ``θ`` from ``θ^0``.
+
+    Args:
+        solver: the method.
+        anchor: ``"start"`` for ``z(θ) = z0 + dt Σ_i w_i(θ) K_i``; ``"end"`` for the same
+            polynomial written around the step's end, ``z(θ) = z1 + dt Σ_i (w_i(θ) - b_i) K_i``
+            (the loop keeps ``z1`` anyway, so it need not keep ``z0``).
 
     Returns:
-        ``(P, rows)``: ``P`` of shape ``(m, p)`` and the indices of the ``m`` entries of
-        ``StepResult.ks`` it weights. For FSAL methods the end-point row is folded onto the last
-        stage (they are the same vector); all-zero rows are dropped.
+        ``(P, rows)``: ``P`` of shape ``(m, p + 1)`` (column ``j`` multiplies ``θ^j``) and the
+        indices of the ``m`` entries of ``StepResult.ks`` it weights. For FSAL methods the
+        end-point row is folded onto the last stage (they are the same vector); all-zero rows
+        are dropped.
     """
-    p = solver.interpolant.copy()
     s = solver.tableau.num_stages
+    p = np.zeros((s + 1, solver.interpolant.shape[1] + 1))
+    p[:, 1:] = solver.interpolant
+    if anchor == "end":
+        p[:s, 0] = -solver.tableau.b
     if solver.tableau.fsal:
         p[s - 1] += p[s]
         p[s] = 0.0
@@ -92,22 +102,26 @@ def dense_weights(solver: Solver) -> tuple[np.ndarray, tuple[int, ...]]:
     return p[list(rows)], rows
 
 
-def interpolate(p: np.ndarray, kstack: Array, z0: Array, dt: Array, theta: Array) -> Array:
-    """Dense output ``z0 + dt Σ_i w_i(θ) K_i`` at a scalar ``θ ∈ [0, 1]``.
+def interpolate(p: np.ndarray, kstack: Array, z_ref: Array, dt: Array, theta: Array) -> Array:
+    """Dense output ``z_ref + dt Σ_i w_i(θ) K_i`` at a scalar ``θ ∈ [0, 1]``.
 
     Written as unrolled elementwise arithmetic (Horner in ``θ`` over the vector coefficients
-    ``Q_p = Σ_i P_ip K_i``) rather than matrix products, so XLA fuses it into one small kernel.
+    ``Q_j = Σ_i P_ij K_i``) rather than matrix products, so XLA fuses it into one small kernel.
 
     Args:
-        p: ``(m, p)`` weights from :func:`dense_weights`.
+        p: ``(m, p + 1)`` weights from :func:`dense_weights`.
         kstack: ``(m, n)`` the stages those rows weight.
-        z0: ``(n,)`` state at the start of the step; ``dt``: the step; ``theta``: scalar.
+        z_ref: ``(n,)`` the state the weights are anchored at (start or end of the step).
+        dt: the step; ``theta``: scalar position in it.
     """
     ks = [kstack[i] for i in range(kstack.shape[0])]
     acc = None
-    for col in range(p.shape[1] - 1, -1, -1):  # Horner: θ(Q_0 + θ(Q_1 + ... θ Q_last))
+    for col in range(p.shape[1] - 1, 0, -1):  # Horner: Q_0 + θ(Q_1 + θ(Q_2 + ...))
         q = lincomb(p[:, col], ks)
-        if q is None:
-            q = jnp.zeros_like(z0)
+        q = jnp.zeros_like(z_ref) if q is None else q
         acc = q if acc is None else q + theta * acc
-    return z0 + (dt * theta) * acc
+    acc = theta * acc
+    q0 = lincomb(p[:, 0], ks)
+    if q0 is not None:
+        acc = q0 + acc
+    return z_ref + dt * acc
