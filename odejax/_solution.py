@@ -24,6 +24,9 @@ class Status(enum.IntEnum):
     DT_UNDERFLOW = 2
     NONFINITE = 3
 
+    def __str__(self) -> str:
+        return self.name
+
     @property
     def advice(self) -> str:
         return _ADVICE[self]
