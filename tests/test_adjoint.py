@@ -237,3 +237,15 @@ def test_memory_backsolve_constant_checkpoint_sublinear():
     ck_large = _temp_bytes(grad_fn("checkpoint", large), 1.5)
     # 100x the steps: linear growth would be 100x; sqrt growth is 10x.
     assert ck_large < 20 * ck_small
+
+
+def test_backward_failure_says_it_was_the_backward_pass():
+    adjoint = odejax.BacksolveAdjoint(rtol=1e-13, atol=1e-13)
+
+    def loss(mu):
+        zs = odejax.odeint(vdp, Z0, TS, mu, rtol=1e-3, atol=1e-3, max_steps=40, adjoint=adjoint)
+        return jnp.sum(zs**2)
+
+    loss(1.5)  # the forward solve fits in max_steps
+    with pytest.raises(Exception, match="backward"):
+        jax.block_until_ready(jax.grad(loss)(1.5))
