@@ -1,0 +1,226 @@
+"""Training utilities: :func:`fit` (a jit-compiled optax loop with a progress bar), :func:`save`
+and :func:`load` (Equinox's leaf serialisation, no pickle).
+
+The loop minimises ``loss_fn`` over the model's floating-point arrays (``eqx.is_inexact_array``):
+
+.. math::
+
+    θ_{k+1} = θ_k + \\mathrm{update}(\\nabla_θ L(θ_k; b_k)), \\qquad k = 0, …, \\text{steps} - 1,
+
+one ``equinox.filter_jit``-compiled step per batch ``b_k``.
+"""
+
+from __future__ import annotations
+
+import inspect
+import time
+from collections.abc import Callable, Iterable
+from typing import Any
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from jax import Array
+
+__all__ = ["fit", "load", "save"]
+
+
+def _aux_scalars(aux: Any) -> dict[str, float]:
+    """Numbers to log from a loss's ``aux``: every scalar-able entry of a dict (means of arrays)."""
+    if not isinstance(aux, dict):
+        return {}
+    out = {}
+    for k, v in aux.items():
+        if isinstance(v, (int, float)) or (eqx.is_array(v) and jnp.issubdtype(v.dtype, jnp.number)):
+            out[str(k)] = float(np.mean(np.asarray(v)))
+    return out
+
+
+def _takes_key(loss_fn) -> bool:
+    """Whether ``loss_fn`` accepts a third positional argument (the per-step key)."""
+    try:
+        params = inspect.signature(loss_fn).parameters.values()
+    except (TypeError, ValueError):
+        return False
+    kinds = [p.kind for p in params]
+    if inspect.Parameter.VAR_POSITIONAL in kinds:
+        return True
+    positional = (inspect.Parameter.POSITIONAL_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD)
+    return sum(k in positional for k in kinds) >= 3
+
+
+def _batch_source(batches, key: Array | None, steps: int | None):
+    """An iterator over ``(batch, loss_key)`` pairs."""
+    if callable(batches):
+        if key is None:
+            raise ValueError(
+                "fit: batches is a callable key -> batch, so fit needs key= (a jax.random key)."
+            )
+        if steps is None:
+            raise ValueError("fit: steps= is required when batches is a callable key -> batch.")
+        make = eqx.filter_jit(batches)
+
+        def gen():
+            k = key
+            while True:
+                k, kb, kl = jax.random.split(k, 3)
+                yield make(kb), kl
+
+        return gen()
+    try:
+        it = iter(batches)
+    except TypeError:
+        raise TypeError(
+            f"fit: batches must be an iterable of batches or a callable key -> batch, got"
+            f" {type(batches).__name__}."
+        ) from None
+
+    def gen_it():
+        k = key
+        for b in it:
+            if k is None:
+                yield b, None
+            else:
+                k, kl = jax.random.split(k)
+                yield b, kl
+
+    return gen_it()
+
+
+def fit(
+    model: Any,
+    loss_fn: Callable[..., Any],
+    batches: Iterable[Any] | Callable[[Array], Any],
+    *,
+    optimizer: optax.GradientTransformation | None = None,
+    steps: int | None = None,
+    key: Array | None = None,
+    progress: bool = True,
+    log_every: int | None = None,
+) -> tuple[Any, dict[str, list]]:
+    """Train ``model`` with ``optax`` on ``loss_fn``; return the trained model and its history.
+
+    Args:
+        model: an ``equinox.Module`` (any pytree); its inexact arrays are trained, everything else
+            (static fields, integer arrays, functions) is held fixed.
+        loss_fn: ``loss_fn(model, batch) -> loss``, or ``loss_fn(model, batch, key)`` (a fresh
+            key each step, when ``key`` is given and ``loss_fn`` takes a third positional
+            argument). It may return ``(loss, aux)`` instead (detected automatically); if ``aux``
+            is a dict, its scalar entries are logged (their means, for arrays), and an ``"nfe"``
+            entry (e.g. ``stats["nfe"].mean()`` from a model's ``with_stats``) is shown in the
+            progress bar and recorded in the history.
+        batches: either an iterable of batches (any pytrees; training stops early when it runs
+            out), or a callable ``key -> batch`` run under ``equinox.filter_jit`` with a fresh
+            key each step (a JAX-traceable sampler; needs ``key`` and ``steps``).
+        optimizer: an ``optax.GradientTransformation`` (default ``optax.adam(1e-3)``).
+        steps: number of optimisation steps (default: until ``batches`` is exhausted).
+        key: a ``jax.random`` key, split each step into a batch key (callable ``batches``) and a
+            key for ``loss_fn`` (if it takes one).
+        progress: show a ``tqdm.auto`` bar (works in notebooks) with step, loss and nfe.
+        log_every: every this many steps, refresh the bar's loss/nfe and write a line
+            ``step, loss, nfe, ms/step`` below it (default: refresh every step, no lines).
+
+    Returns:
+        ``(model, history)``; ``history`` is a dict of equal-length lists: ``"step"``, ``"loss"``,
+        ``"nfe"`` (``nan`` when the loss does not report it), ``"time"`` (wall seconds of each
+        step, the first including compilation), plus any other scalar ``aux`` entries.
+
+    Example:
+        >>> import jax, jax.numpy as jnp, optax
+        >>> from odejax.train import fit
+        >>> loss = lambda w, b: jnp.sum((w - b) ** 2)
+        >>> w, hist = fit(jnp.zeros(2), loss, [jnp.ones(2)] * 50,
+        ...               optimizer=optax.sgd(0.1), progress=False)
+        >>> bool(hist["loss"][-1] < 1e-3)
+        True
+    """
+    from tqdm.auto import tqdm
+
+    if steps is not None and (not isinstance(steps, int) or steps < 0):
+        raise ValueError(f"fit: steps must be a non-negative int, got {steps!r}.")
+    if log_every is not None and (not isinstance(log_every, int) or log_every < 1):
+        raise ValueError(f"fit: log_every must be a positive int, got {log_every!r}.")
+    optimizer = optax.adam(1e-3) if optimizer is None else optimizer
+    with_key = key is not None and _takes_key(loss_fn)
+    source = _batch_source(batches, key, steps)
+
+    def call_loss(m, batch, k):
+        return loss_fn(m, batch, k) if with_key else loss_fn(m, batch)
+
+    opt_state = optimizer.init(eqx.filter(model, eqx.is_inexact_array))
+    history: dict[str, list] = {"step": [], "loss": [], "nfe": [], "time": []}
+    step_fn = None
+    bar = tqdm(total=steps, disable=not progress, desc="fit", dynamic_ncols=True)
+    try:
+        for i, (batch, k) in enumerate(source):
+            if steps is not None and i >= steps:
+                break
+            if step_fn is None:
+                out = eqx.filter_eval_shape(call_loss, model, batch, k)
+                has_aux = isinstance(out, tuple)
+                step_fn = _make_step(call_loss, optimizer, has_aux)
+            start = time.perf_counter()
+            model, opt_state, loss, aux = step_fn(model, opt_state, batch, k)
+            loss = float(loss)  # waits for the step
+            elapsed = time.perf_counter() - start
+            logged = _aux_scalars(aux)
+            nfe = logged.pop("nfe", float("nan"))
+            history["step"].append(i)
+            history["loss"].append(loss)
+            history["nfe"].append(nfe)
+            history["time"].append(elapsed)
+            for name, v in logged.items():
+                history.setdefault(name, [float("nan")] * i).append(v)
+            bar.update(1)
+            if log_every is None or i % log_every == 0 or (steps is not None and i == steps - 1):
+                bar.set_postfix(loss=f"{loss:.4g}", nfe=f"{nfe:.0f}", refresh=False)
+            if log_every is not None and progress and i % log_every == 0:
+                bar.write(
+                    f"step {i:6d}  loss {loss:.6g}  nfe {nfe:6.1f}  {elapsed * 1e3:8.2f} ms/step"
+                )
+    finally:
+        bar.close()
+    n = len(history["step"])
+    for v in history.values():
+        v.extend([float("nan")] * (n - len(v)))
+    return model, history
+
+
+def _make_step(call_loss, optimizer, has_aux: bool):
+    def loss_aux(m, batch, k):
+        out = call_loss(m, batch, k)
+        return out if has_aux else (out, None)
+
+    @eqx.filter_jit
+    def step(model, opt_state, batch, k):
+        (loss, aux), grads = eqx.filter_value_and_grad(loss_aux, has_aux=True)(model, batch, k)
+        params = eqx.filter(model, eqx.is_inexact_array)
+        updates, opt_state = optimizer.update(grads, opt_state, params)
+        model = eqx.apply_updates(model, updates)
+        return model, opt_state, loss, aux
+
+    return step
+
+
+def save(path, model: Any) -> None:
+    """Write the array leaves of ``model`` to ``path`` (``equinox.tree_serialise_leaves``).
+
+    Only leaves are stored (no pickle): load them into a model of the same structure with
+    :func:`load`.
+    """
+    eqx.tree_serialise_leaves(path, model)
+
+
+def load(path, like: Any) -> Any:
+    """Read leaves written by :func:`save` into a copy of ``like`` (same structure and shapes).
+
+    Args:
+        path: the file written by :func:`save`.
+        like: a model of the same structure, e.g. freshly constructed with any key.
+
+    Returns:
+        ``like`` with its leaves replaced by the saved ones.
+    """
+    return eqx.tree_deserialise_leaves(path, like)

@@ -1,0 +1,180 @@
+"""odejax.train (fit, save, load), odejax.datasets and the demo."""
+
+import functools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+from odejax import datasets, demo
+from odejax.nn import MLPField, NeuralODE
+from odejax.train import fit, load, save
+
+KEY = jax.random.key(0)
+
+
+# --- fit -----------------------------------------------------------------------------------------
+
+
+def quadratic(w, b):
+    return jnp.sum((w - b) ** 2)
+
+
+def test_fit_plain_loss_history_and_early_stop():
+    w, hist = fit(
+        jnp.zeros(3), quadratic, [jnp.ones(3)] * 30, optimizer=optax.sgd(0.2), progress=False
+    )
+    assert set(hist) == {"step", "loss", "nfe", "time"}
+    assert hist["step"] == list(range(30))  # the iterable ran out: 30 steps
+    assert all(len(v) == 30 for v in hist.values())
+    assert np.isnan(hist["nfe"]).all()
+    assert hist["loss"][-1] < 1e-4 * hist["loss"][0]
+    np.testing.assert_allclose(w, jnp.ones(3), atol=1e-3)
+    _, hist = fit(jnp.zeros(3), quadratic, [jnp.ones(3)] * 30, steps=5, progress=False)
+    assert len(hist["loss"]) == 5
+
+
+def test_fit_aux_key_and_callable_batches():
+    seen = []
+
+    def loss(w, b, key):
+        seen.append(key)
+        return quadratic(w, b), {"nfe": jnp.array([3, 5]), "extra": jnp.asarray(2.0)}
+
+    def sample(key):
+        return jax.random.normal(key, (2,)) * 0.01 + 1.0
+
+    w, hist = fit(
+        jnp.zeros(2),
+        loss,
+        sample,
+        steps=40,
+        key=KEY,
+        optimizer=optax.sgd(0.2),
+        progress=True,
+        log_every=10,
+    )
+    assert hist["nfe"] == [4.0] * 40 and hist["extra"] == [2.0] * 40
+    assert seen and seen[0] is not None  # the loss was traced with a key
+    np.testing.assert_allclose(w, jnp.ones(2), atol=0.1)
+    with pytest.raises(ValueError, match="needs key="):
+        fit(jnp.zeros(2), quadratic, sample, steps=3, progress=False)
+    with pytest.raises(TypeError, match="iterable of batches or a callable"):
+        fit(jnp.zeros(2), quadratic, 3, steps=3, progress=False)
+
+
+def test_fit_cubic_spiral_loss_falls_tenfold():
+    ts = jnp.linspace(0.0, 25.0, 1000)
+    true_zs = datasets.cubic_spiral(ts)
+    model = demo.make_model(KEY)  # f(z) = MLP(z**3), 2 -> 50 -> 2, as in torchdiffeq's ode_demo
+    batches = functools.partial(datasets.cubic_spiral_batches, true_zs=true_zs, ts=ts)
+    held_out = datasets.cubic_spiral_batches(jax.random.key(123), true_zs, ts, batch_size=200)
+    before = float(demo.window_loss(model, held_out)[0])
+    steps = 400
+    opt = optax.adam(optax.cosine_decay_schedule(2e-2, steps, alpha=0.05))
+    model, hist = fit(
+        model,
+        demo.window_loss,
+        lambda k: batches(k),
+        optimizer=opt,
+        steps=steps,
+        key=jax.random.key(1),
+        progress=False,
+    )
+    after = float(demo.window_loss(model, held_out)[0])
+    assert before / after >= 10, (before, after)
+    assert np.all(np.asarray(hist["nfe"]) > 0)
+
+
+# --- save / load ---------------------------------------------------------------------------------
+
+
+def test_save_load_round_trip(tmp_path):
+    model = NeuralODE(MLPField(2, 8, 1, key=KEY), rtol=1e-5)
+    path = tmp_path / "model.eqx"
+    save(path, model)
+    like = NeuralODE(MLPField(2, 8, 1, key=jax.random.key(9)), rtol=1e-5)
+    loaded = load(path, like)
+    for a, b in zip(jax.tree.leaves(model), jax.tree.leaves(loaded)):
+        np.testing.assert_array_equal(a, b)
+    z0 = jnp.array([0.1, 0.2])
+    np.testing.assert_array_equal(model(z0), loaded(z0))
+    with pytest.raises(Exception):  # noqa: B017 - a differently shaped model cannot load it
+        load(path, NeuralODE(MLPField(2, 9, 1, key=KEY)))
+
+
+# --- datasets ------------------------------------------------------------------------------------
+
+
+def test_cubic_spiral_and_batches():
+    ts = jnp.linspace(0.0, 25.0, 200)
+    zs = datasets.cubic_spiral(ts)
+    assert zs.shape == (200, 2)
+    np.testing.assert_allclose(zs[0], [2.0, 0.0])
+    # the field is (z**3) @ A
+    np.testing.assert_allclose(
+        datasets.cubic_spiral_field(jnp.array([1.0, 2.0]), 0.0), jnp.array([-16.1, 1.2])
+    )
+    z0s, bts, windows = datasets.cubic_spiral_batches(KEY, zs, ts, batch_size=20, batch_time=10)
+    assert z0s.shape == (20, 2) and bts.shape == (10,) and windows.shape == (20, 10, 2)
+    np.testing.assert_array_equal(windows[:, 0], z0s)
+    np.testing.assert_array_equal(bts, ts[:10])
+
+
+def test_spirals_irregular_sampling():
+    data = datasets.spirals(KEY, 6, n_sample=50, n_total=200, n_obs=20, extrapolate=10)
+    assert data.ts.shape == (50,) and data.true.shape == (6, 50, 2) and data.ys.shape == (6, 50, 2)
+    assert data.mask.shape == (6, 50) and data.mask.sum(1).tolist() == [20] * 6
+    assert data.obs_ts.shape == (6, 20) and data.obs.shape == (6, 20, 2)
+    assert bool(jnp.all(jnp.diff(data.obs_ts, axis=1) > 0))
+    for i in range(6):
+        np.testing.assert_array_equal(data.obs_ts[i], data.ts[data.mask[i]])
+        np.testing.assert_array_equal(data.obs[i], data.ys[i][data.mask[i]])
+    assert data.ts_extrap.shape == (10,) and data.true_extrap.shape == (6, 10, 2)
+    assert float(data.ts_extrap[0]) > float(data.ts[-1])
+    assert data.clockwise.dtype == bool
+    # counter-clockwise spirals live right of the origin, clockwise ones left
+    centre_x = data.true[..., 0].mean(1)
+    assert bool(jnp.all((centre_x < 0) == data.clockwise))
+    with pytest.raises(ValueError, match="n_obs"):
+        datasets.spirals(KEY, 2, n_sample=50, n_total=200, n_obs=60)
+
+
+def test_concentric_circles_and_densities():
+    x, y = datasets.concentric_circles(KEY, 101, r1=0.5, r2=1.0, r3=1.5)
+    r = jnp.linalg.norm(x, axis=1)
+    assert x.shape == (101, 2) and set(np.unique(y).tolist()) == {-1.0, 1.0}
+    assert bool(jnp.all(jnp.where(y < 0, r <= 0.5, (r >= 1.0) & (r <= 1.5))))
+    with pytest.raises(ValueError, match="r1 < r2 < r3"):
+        datasets.concentric_circles(KEY, 10, r1=1.0, r2=0.5)
+    for sampler in (datasets.rings, datasets.two_moons, datasets.eight_gaussians):
+        s = sampler(KEY, 500)
+        assert s.shape == (500, 2) and bool(jnp.all(jnp.isfinite(s)))
+    r = jnp.linalg.norm(datasets.rings(KEY, 2000, noise_std=0.0), axis=1)
+    np.testing.assert_allclose(np.unique(np.round(np.asarray(r), 6)), [0.75, 1.5, 2.25, 3.0])
+
+
+def test_digits_or_clear_import_error():
+    try:
+        import sklearn  # noqa: F401
+    except ImportError:
+        with pytest.raises(ImportError, match=r"odejax\[examples\]"):
+            datasets.digits()
+        return
+    x, y = datasets.digits()
+    assert x.shape == (1797, 64) and y.shape == (1797,)
+    assert 0.0 <= x.min() and x.max() <= 1.0 and set(np.unique(y).tolist()) == set(range(10))
+
+
+# --- demo ----------------------------------------------------------------------------------------
+
+
+def test_demo_runs_and_writes_png(tmp_path, capsys):
+    out = tmp_path / "spiral.png"
+    res = demo.main(["--steps", "5", "--log-every", "2", "--no-progress", "--plot", str(out)])
+    assert out.exists() and out.stat().st_size > 0
+    assert len(res["history"]["loss"]) == 5
+    text = capsys.readouterr().out
+    assert "ratio" in text and "ms" in text
