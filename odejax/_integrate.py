@@ -15,6 +15,12 @@ Two drivers share the step:
 
 The state is raveled to one flat vector so a step is a handful of fused vector updates whatever
 the pytree; ``f`` sees (and returns) the user's pytree.
+
+The step is chosen at trace time from the solver's static kind: an explicit Runge–Kutta tableau
+(:mod:`odejax._step`), an ESDIRK method with simplified Newton (:mod:`odejax._implicit`) or a
+Rosenbrock method (:mod:`odejax._rosenbrock`). Events (:mod:`odejax._events`) add a sign test
+after each accepted step and, on a crossing, a root search on that step's interpolant. Without
+an event and with an explicit solver the compiled loop is exactly the plain one.
 """
 
 from __future__ import annotations
@@ -27,9 +33,11 @@ import jax.numpy as jnp
 from jax import Array, lax
 from jax.flatten_util import ravel_pytree
 
-from . import _checks, _progress
+from . import _checks, _events, _progress
 from ._controller import PIController, initial_step, rms_norm
+from ._implicit import esdirk_step
 from ._loop import checkpointed_while
+from ._rosenbrock import rosenbrock_step
 from ._solution import DenseInterpolation, Solution, Status
 from ._step import dense_weights, interpolate, rk_step
 from ._tableau import Solver
@@ -52,13 +60,15 @@ class _LoopState(NamedTuple):
     num_steps: Array
     num_accepted: Array
     status: Array  # _RUNNING while stepping, then a Status code
-    dense: tuple  # (t_nodes, z_nodes, kstack) when dense=True, else ()
+    dense: tuple  # (t_nodes, z_nodes, kstack[, h_nodes with an event]) when dense=True, else ()
+    extra: tuple = ()  # stiff solvers: (nfe, num_linear_solves) counters
+    event: tuple = ()  # with an event: (g_prev, num_events, t_event, index, z_event)
 
 
 class Static(NamedTuple):
     """Everything that shapes the compiled loop (hashable, so it can key the jit cache)."""
 
-    solver: Solver
+    solver: Solver  # or a stiff solver (ImplicitSolver, RosenbrockSolver)
     controller: PIController
     max_steps: int
     dense: bool = False
@@ -100,13 +110,34 @@ def flatten_tol(tol, z0, dtype):
     return ravel_pytree(full)[0]
 
 
+_STIFF_STEPS = {"esdirk": esdirk_step, "rosenbrock": rosenbrock_step}
+
+
+def _check_differentiable(solver, fn, t0, z):
+    """Stiff solvers need ``∂f/∂z`` by forward mode: fail at trace time, naming the cause."""
+    try:
+        jax.eval_shape(lambda: jax.jvp(fn, (t0, z), (jnp.ones_like(t0), jnp.ones_like(z))))
+    except (TypeError, ValueError, NotImplementedError) as e:
+        raise ValueError(
+            f"solver={solver.name!r} is implicit and needs the Jacobian of f by forward-mode"
+            " autodiff (jax.jvp), but f cannot be differentiated that way: "
+            f"{type(e).__name__}: {e}\\nMake f differentiable (e.g. wrap host callbacks in"
+            " jax.custom_jvp; custom_vjp functions support reverse mode only), or use an"
+            " explicit solver such as 'tsit5'."
+        ) from e
+
+
 @eqx.filter_jit
-def integrate(f, z0, t0, t1, ts, args, opts: Options, static: Static) -> Solution:
+def integrate(f, z0, t0, t1, ts, args, opts: Options, static: Static, event=None) -> Solution:
     """Solve ``dz/dt = f(z, t, args)`` from ``(t0, z0)`` to ``t1``, saving at ``ts`` (or ``t1``).
 
     Inputs are assumed validated (see :func:`odejax.solve`); ``ts`` may repeat ``t0``/``t1``.
+    ``event`` is an optional :class:`odejax.Event` (validated by ``solve``).
     """
     solver, ctrl = static.solver, static.controller
+    kind = getattr(solver, "kind", "explicit")
+    stiff = kind != "explicit"
+    has_event = event is not None
     rtol, atol, dt0, dtmin, dtmax = opts
     save_ts = ts is not None
     z_flat, unravel = ravel_pytree(z0)
@@ -118,6 +149,8 @@ def integrate(f, z0, t0, t1, ts, args, opts: Options, static: Static) -> Solutio
 
     direction = jnp.where(t1 >= t0, 1, -1).astype(tdtype)
     rtol, atol = _checks.check_tolerances(rtol, atol)
+    if stiff:
+        _check_differentiable(solver, fn, t0, z_flat)
 
     f0 = fn(t0, z_flat)
     nfe0 = 1
@@ -130,23 +163,51 @@ def integrate(f, z0, t0, t1, ts, args, opts: Options, static: Static) -> Solutio
         dt_init = direction * jnp.minimum(jnp.abs(dt_init), dtmax)
     dt_init = dt_init.astype(tdtype)
 
-    weights, rows = dense_weights(solver)
-    end_weights, _ = dense_weights(solver, anchor="end")
+    if stiff:
+        weights = solver.dense_weights("start")
+        end_weights = solver.dense_weights("end")
+        num_dense = weights.shape[0]
+    else:
+        weights, rows = dense_weights(solver)
+        end_weights, _ = dense_weights(solver, anchor="end")
+        num_dense = len(rows)
     checkpointed = static.loop == "checkpoint"
+    n = z_flat.shape[0]
     last, saved = (), ()
     if save_ts:
-        last = (jnp.zeros((), dtype), jnp.zeros((len(rows), z_flat.shape[0]), dtype))
+        last = (jnp.zeros((), dtype), jnp.zeros((num_dense, n), dtype))
+        if has_event:  # the polynomial's own end, which an event may leave behind
+            last = (*last, t0, z_flat)
         if checkpointed:
-            zs0 = jnp.full((ts.shape[0], z_flat.shape[0]), jnp.nan, dtype)
+            zs0 = jnp.full((ts.shape[0], n), jnp.nan, dtype)
             saved = (jnp.zeros((), jnp.int32), zs0)
     dense = ()
     if static.dense:
-        m, n = len(rows), z_flat.shape[0]
         t_nodes = jnp.full((static.max_steps + 1,), t0, tdtype)
         dense = (
             t_nodes,
             jnp.zeros((static.max_steps, n), dtype),
-            jnp.zeros((static.max_steps, m, n), dtype),
+            jnp.zeros((static.max_steps, num_dense, n), dtype),
+        )
+        if has_event:
+            dense = (*dense, jnp.zeros((static.max_steps,), tdtype))
+
+    extra = ()
+    if stiff:
+        extra = (jnp.zeros((), jnp.int32), jnp.zeros((), jnp.int32))
+        stiff_step = _STIFF_STEPS[kind]
+
+    ev_state = ()
+    if has_event:
+        gvec = _events.condition_vector(event, unravel, args, dtype)
+        num_cond = _events.check_event(event, z0, t0, args)
+        dirs = _events.directions(event, num_cond)
+        ev_state = (
+            gvec(z_flat, t0),
+            jnp.zeros((), jnp.int32),
+            jnp.full((), jnp.nan, tdtype),
+            jnp.full((), -1, jnp.int32),
+            jnp.full((n,), jnp.nan, dtype),
         )
 
     zero = jnp.zeros((), jnp.int32)
@@ -162,6 +223,8 @@ def integrate(f, z0, t0, t1, ts, args, opts: Options, static: Static) -> Solutio
         num_accepted=zero,
         status=jnp.where(t0 == t1, Status.SUCCESS, _RUNNING).astype(jnp.int32),
         dense=dense,
+        extra=extra,
+        event=ev_state,
     )
 
     if static.progress:
@@ -169,6 +232,49 @@ def integrate(f, z0, t0, t1, ts, args, opts: Options, static: Static) -> Solutio
 
     def cond(st: _LoopState):
         return st.status == _RUNNING
+
+    def locate(t, dt, z1, kstack, g0, g1, trig):
+        """The earliest crossing in the step: ``(θ*, condition)``, on stopped gradients."""
+        t, dt, z1, kstack, g0, g1 = _events.stop_grad((t, dt, z1, kstack, g0, g1))
+        g_sg = _events.condition_vector(
+            _events.stop_grad(event), unravel, _events.stop_grad(args), dtype
+        )
+        dz = dt.astype(dtype)
+        eps = jnp.finfo(tdtype).eps
+        span = jnp.maximum(jnp.abs(t), jnp.abs(t + dt))
+        xtol = ((4 * eps * span + jnp.finfo(tdtype).tiny) / jnp.abs(dt)).astype(dtype)
+
+        def one(k, a_lo, a_hi, go):
+            def h(theta):
+                zz = interpolate(end_weights, kstack, z1, dz, theta)
+                return g_sg(zz, t + theta.astype(tdtype) * dt)[k]
+
+            th = _events.find_root(h, jnp.zeros((), dtype), jnp.ones((), dtype), a_lo, a_hi, xtol)
+            return jnp.where(go, th, jnp.inf)
+
+        ks = jnp.arange(num_cond)
+        # A condition that did not cross starts its search already finished.
+        thetas = jax.vmap(one)(ks, jnp.where(trig, g0, -1.0), jnp.where(trig, g1, 0.0), trig)
+        k = jnp.argmin(thetas)
+        return thetas[k], k
+
+    def on_event(t, dt, z1, kstack, g0, g1, trig):
+        """Where and how the step ends after a crossing: the located event (differentiable)."""
+        theta, k = locate(t, dt, z1, kstack, g0, g1, trig)
+        dz = dt.astype(dtype)
+
+        def along(th):
+            zz = interpolate(end_weights, kstack, z1, dz, th)
+            return zz, gvec(zz, t + th.astype(tdtype) * dt)[k]
+
+        (z_at, g_at), (zdot, gdot) = jax.jvp(along, (theta,), (jnp.ones((), dtype),))
+        zdot, gdot = lax.stop_gradient((zdot, gdot))
+        ok = gdot != 0
+        # One Newton step on the interpolant: the implicit-function-theorem derivative.
+        delta = jnp.where(ok, -g_at / jnp.where(ok, gdot, 1), 0)
+        t_ev = t + (theta + delta).astype(tdtype) * dt
+        z_ev = z_at + zdot * delta
+        return t_ev, z_ev, k
 
     def body(st: _LoopState) -> _LoopState:
         t, z = st.t, st.z
@@ -181,7 +287,10 @@ def integrate(f, z0, t0, t1, ts, args, opts: Options, static: Static) -> Solutio
         final_step = direction * (t1 - t_try) <= slack
         t_next = jnp.where(final_step, t1, t_try)
         dt = t_next - t
-        step = rk_step(solver, fn, t, z, dt, st.f0)
+        if stiff:
+            step = stiff_step(solver, fn, t, z, dt, st.f0, rtol, atol)
+        else:
+            step = rk_step(solver, fn, t, z, dt, st.f0)
 
         if solver.adaptive:
             scale = atol + rtol * jnp.maximum(jnp.abs(z), jnp.abs(step.z1))
@@ -193,6 +302,9 @@ def integrate(f, z0, t0, t1, ts, args, opts: Options, static: Static) -> Solutio
             accept = log_err <= 0  # false for nan
             finite = jnp.isfinite(log_err)
             factor = ctrl.factor(log_err, st.log_err_prev, solver.error_order)
+            if stiff:  # a failed Newton solve rejects the step and halves it
+                accept = accept & ~step.fail
+                factor = jnp.where(step.fail & finite, jnp.minimum(factor, 0.5), factor)
             dt_new = (dt * factor.astype(tdtype)).astype(tdtype)
             # Floor the PI memory at ε = 1e-4, so a lucky tiny error does not overshoot next.
             log_err_prev = jnp.where(accept, jnp.maximum(log_err, -9.2), st.log_err_prev)
@@ -214,42 +326,123 @@ def integrate(f, z0, t0, t1, ts, args, opts: Options, static: Static) -> Solutio
         f0_new = jnp.where(accept, step.f1, st.f0)
 
         dense, last = st.dense, st.last
-        if save_ts or static.dense:
+        if stiff:
+            kstack = step.dense
+        elif save_ts or static.dense or has_event:
             kstack = jnp.stack([step.ks[i] for i in rows])
+
+        ev = st.event
+        if has_event:
+            g_prev, num_ev, t_ev_last, k_last, z_ev_last = ev
+            g1 = gvec(step.z1, t_next)
+            trig = _events.crossings(g_prev, g1, dirs) & accept
+            fired = jnp.any(trig)
+            too_many = fired & (num_ev >= event.max_events) & ~event.stops
+            truncate = event.stops | event.jumps
+
+            def with_event(_):
+                t_ev, z_ev, k = on_event(t, dt, step.z1, kstack, g_prev, g1, trig)
+                dt_go, lep_go = dt_new, log_err_prev
+                if event.jumps:
+                    z_go = ravel_pytree(event.reset(unravel(z_ev), t_ev, args))[0].astype(dtype)
+                    z_go = jnp.where(too_many, z_ev, z_go)
+                    f_go = fn(t_ev, z_go)
+                    g_go = gvec(z_go, t_ev)
+                    # The condition that fired counts as zero: it must change sign to fire again.
+                    g_go = jnp.where(jnp.arange(num_cond) == k, 0, g_go)
+                    if solver.adaptive:  # a jump makes the step-size history moot: restart
+                        dt_go = initial_step(
+                            fn, t_ev, z_go, f_go, atol, rtol, solver.order, direction
+                        ).astype(tdtype)
+                        if static.has_dtmax:
+                            dt_go = direction * jnp.minimum(jnp.abs(dt_go), dtmax)
+                        lep_go = jnp.zeros_like(log_err_prev)
+                elif truncate:
+                    z_go, f_go, g_go = z_ev, f0_new, g1
+                else:  # record only; the step stands
+                    z_go, f_go, g_go = z_new, f0_new, g1
+                t_go = t_ev if truncate else t_new
+                out = (t_go, z_go, f_go, g_go, dt_go, lep_go)
+                return (*out, t_ev, k.astype(jnp.int32), z_ev)
+
+            def without(_):
+                g_keep = jnp.where(accept, g1, g_prev)
+                out = (t_new, z_new, f0_new, g_keep, dt_new, log_err_prev)
+                return (*out, t_ev_last, k_last, z_ev_last)
+
+            t_new, z_new, f0_new, g_new, dt_new, log_err_prev, t_ev_last, k_last, z_ev_last = (
+                lax.cond(fired, with_event, without, None)
+            )
+            ev = (g_new, num_ev + fired.astype(jnp.int32), t_ev_last, k_last, z_ev_last)
+
         if save_ts:
             # The step that ends a run of the save loop below is always an accepted one, so
-            # its end is the loop's (t, z): only dt and the stages need keeping.
+            # its end is the loop's (t, z): only dt and the stages need keeping (and the
+            # polynomial's own end, which an event may cut short).
             last = (dt.astype(dtype), kstack)
+            if has_event:
+                last = (*last, t_next, step.z1)
         if static.dense:
-            t_nodes, z_nodes, k_nodes = dense
+            t_nodes, z_nodes, k_nodes = dense[:3]
             slot = jnp.where(accept, st.num_accepted, static.max_steps)  # out of range: dropped
             dense = (
-                t_nodes.at[slot + 1].set(t_next, mode="drop"),
+                t_nodes.at[slot + 1].set(t_new if has_event else t_next, mode="drop"),
                 z_nodes.at[slot].set(z, mode="drop"),
                 k_nodes.at[slot].set(kstack, mode="drop"),
             )
+            if has_event:
+                dense = (*dense, st.dense[3].at[slot].set(dt, mode="drop"))
 
         num_steps = st.num_steps + 1
-        status = jnp.where(
-            accept & final_step,
-            Status.SUCCESS,
-            jnp.where(
-                num_steps >= static.max_steps,
-                Status.MAX_STEPS_REACHED,
+        keep_dt = accept & final_step  # the last step's proposal is kept (solve ended)
+        if has_event and (event.jumps or event.stops):
+            keep_dt = keep_dt & ~fired  # ... unless an event cut it short
+        if has_event:
+            done = accept & final_step & (t_new == t1)
+            status = jnp.where(
+                fired & event.stops,
+                Status.EVENT,
                 jnp.where(
-                    ~accept & underflow,
-                    jnp.where(finite, Status.DT_UNDERFLOW, Status.NONFINITE),
-                    _RUNNING,
+                    too_many, Status.MAX_EVENTS_REACHED, jnp.where(done, Status.SUCCESS, _RUNNING)
                 ),
-            ),
-        ).astype(jnp.int32)
+            )
+            status = jnp.where(
+                status != _RUNNING,
+                status,
+                jnp.where(
+                    num_steps >= static.max_steps,
+                    Status.MAX_STEPS_REACHED,
+                    jnp.where(
+                        ~accept & underflow,
+                        jnp.where(finite, Status.DT_UNDERFLOW, Status.NONFINITE),
+                        _RUNNING,
+                    ),
+                ),
+            ).astype(jnp.int32)
+        else:
+            status = jnp.where(
+                accept & final_step,
+                Status.SUCCESS,
+                jnp.where(
+                    num_steps >= static.max_steps,
+                    Status.MAX_STEPS_REACHED,
+                    jnp.where(
+                        ~accept & underflow,
+                        jnp.where(finite, Status.DT_UNDERFLOW, Status.NONFINITE),
+                        _RUNNING,
+                    ),
+                ),
+            ).astype(jnp.int32)
+        extra = st.extra
+        if stiff:
+            extra = (st.extra[0] + step.nfe, st.extra[1] + step.nlin)
         if static.progress:
             _progress.progress_update(pkey, t_new, num_steps)
         return _LoopState(
             t=t_new,
             z=z_new,
             f0=f0_new,
-            dt=jnp.where(accept & final_step, st.dt, dt_new),
+            dt=jnp.where(keep_dt, st.dt, dt_new),
             log_err_prev=log_err_prev.astype(dtype),
             last=last,
             saved=st.saved,
@@ -257,13 +450,18 @@ def integrate(f, z0, t0, t1, ts, args, opts: Options, static: Static) -> Solutio
             num_accepted=st.num_accepted + accept.astype(jnp.int32),
             status=status,
             dense=dense,
+            extra=extra,
+            event=ev,
         )
 
     def read_off(st: _LoopState, ti):
         """The state at save time ``ti``, which the last accepted step has passed (or nan)."""
-        dt_a, kstack = st.last
-        theta = 1 + (ti - st.t).astype(dtype) / jnp.where(dt_a == 0, 1, dt_a)
-        zi = interpolate(end_weights, kstack, st.z, dt_a, theta)
+        if has_event:
+            dt_a, kstack, t_ref, z_ref = st.last
+        else:
+            (dt_a, kstack), t_ref, z_ref = st.last, st.t, st.z
+        theta = 1 + (ti - t_ref).astype(dtype) / jnp.where(dt_a == 0, 1, dt_a)
+        zi = interpolate(end_weights, kstack, z_ref, dt_a, theta)
         zi = jnp.where(ti == st.t, st.z, zi)
         return jnp.where(direction * (st.t - ti) >= 0, zi, jnp.nan)
 
@@ -305,31 +503,44 @@ def integrate(f, z0, t0, t1, ts, args, opts: Options, static: Static) -> Solutio
     else:
         final = lax.while_loop(cond, body, state)
     if not save_ts:
-        zs = jnp.where(final.status == Status.SUCCESS, final.z, jnp.nan)[None]
+        ok = final.status == Status.SUCCESS
+        if has_event:
+            ok = ok | (final.status == Status.EVENT)
+        zs = jnp.where(ok, final.z, jnp.nan)[None]
     if static.progress:
         _progress.progress_close(pkey, final.t, final.num_steps)
 
     if static.throw:
+        status = final.status
+        if has_event:  # a terminal event is a success
+            status = jnp.where(status == Status.EVENT, Status.SUCCESS, status)
         zs = _checks.raise_if_failed(
             zs,
-            final.status,
+            status,
             final.t,
             t1,
             static.max_steps,
             backward=static.backward,
             has_dtmin=static.has_dtmin,
         )
-    stage_evals = solver.tableau.num_stages - (1 if solver.tableau.fsal else 0)
     trivial = t0 == t1
+    if stiff:
+        nfe = nfe0 + final.extra[0]
+    else:
+        stage_evals = solver.tableau.num_stages - (1 if solver.tableau.fsal else 0)
+        nfe = nfe0 + stage_evals * final.num_steps
     stats = {
         "num_steps": final.num_steps,
         "num_accepted": final.num_accepted,
         "num_rejected": final.num_steps - final.num_accepted,
-        "nfe": jnp.where(trivial, 0, nfe0 + stage_evals * final.num_steps).astype(jnp.int32),
+        "nfe": jnp.where(trivial, 0, nfe).astype(jnp.int32),
     }
+    if stiff:  # one Jacobian (or linearisation) per attempted step
+        stats["num_jacobians"] = final.num_steps
+        stats["num_linear_solves"] = final.extra[1]
     interp = None
     if static.dense:
-        t_nodes, z_nodes, k_nodes = final.dense
+        t_nodes, z_nodes, k_nodes = final.dense[:3]
         # Unused tail nodes repeat the end time so the search over nodes stays sorted.
         idx = jnp.arange(static.max_steps + 1)
         t_nodes = jnp.where(idx <= final.num_accepted, t_nodes, final.t)
@@ -340,6 +551,13 @@ def integrate(f, z0, t0, t1, ts, args, opts: Options, static: Static) -> Solutio
             num_steps=final.num_accepted,
             weights=tuple(map(tuple, weights.tolist())),
             unravel=unravel,
+            h_nodes=final.dense[3] if has_event else None,
+        )
+    ev_out = {}
+    if has_event:
+        _, num_ev, t_ev, k_ev, z_ev = final.event
+        ev_out = dict(
+            event_time=t_ev, event_index=k_ev, event_state=unravel(z_ev), num_events=num_ev
         )
     return Solution(
         ts=ts if save_ts else t1[None],
@@ -348,4 +566,5 @@ def integrate(f, z0, t0, t1, ts, args, opts: Options, static: Static) -> Solutio
         status=final.status,
         t_final=final.t,
         interpolation=interp,
+        **ev_out,
     )

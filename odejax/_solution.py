@@ -23,6 +23,8 @@ class Status(enum.IntEnum):
     MAX_STEPS_REACHED = 1
     DT_UNDERFLOW = 2
     NONFINITE = 3
+    EVENT = 4  # a terminal event stopped the solve (a success)
+    MAX_EVENTS_REACHED = 5
 
     def __str__(self) -> str:
         return self.name
@@ -46,6 +48,12 @@ _ADVICE = {
         "the vector field returned non-finite values (nan/inf) and shrinking the step did not"
         " help; check `f`, `z0` and `args` for nan/inf or a blow-up of the solution"
     ),
+    Status.EVENT: "",
+    Status.MAX_EVENTS_REACHED: (
+        "the event fired more than `max_events` times; raise `odejax.Event(max_events=...)`."
+        " Events that pile up (a bouncing ball coming to rest, a reset that leaves the state on"
+        " the event surface) fire without end"
+    ),
 }
 
 
@@ -57,6 +65,8 @@ class DenseInterpolation(eqx.Module):
         z_nodes: ``(max_steps, n)`` flat state at the start of each step.
         kstack: ``(max_steps, m, n)`` the stages the interpolant weights.
         num_steps: number of accepted steps.
+        h_nodes: ``(max_steps,)`` the step each polynomial was built on, when it can differ from
+            ``t_nodes[i + 1] - t_nodes[i]`` (a step cut short by an event); else ``None``.
     """
 
     t_nodes: Array
@@ -65,6 +75,7 @@ class DenseInterpolation(eqx.Module):
     num_steps: Array
     weights: tuple = eqx.field(static=True)  # the interpolant's (m, p) matrix, as nested tuples
     unravel: Callable = eqx.field(static=True)
+    h_nodes: Array | None = None
 
     @eqx.filter_jit
     def evaluate(self, t) -> object:
@@ -86,7 +97,7 @@ class DenseInterpolation(eqx.Module):
 
         def one(i, tt):
             ta, tb = self.t_nodes[i], self.t_nodes[i + 1]
-            dt = tb - ta
+            dt = tb - ta if self.h_nodes is None else self.h_nodes[i]
             theta = jnp.where(dt == 0, 0.0, (tt - ta) / jnp.where(dt == 0, 1.0, dt))
             return interpolate(np.asarray(self.weights), self.kstack[i], self.z_nodes[i], dt, theta)
 
@@ -105,8 +116,15 @@ class Solution(eqx.Module):
         stats: ``num_steps`` (attempted), ``num_accepted``, ``num_rejected``, ``nfe``
             (evaluations of ``f``), as ``int32`` arrays.
         status: ``int32`` code; ``Status(int(sol.status))`` names it.
-        t_final: the time the solve reached (``t1`` on success).
+        t_final: the time the solve reached (``t1`` on success, the event time after a
+            terminal event).
         interpolation: dense output when solved with ``dense=True``, else ``None``.
+        event_time: with ``event=``: the time of the latest event (``nan`` if none fired).
+        event_index: with ``event=``: which condition fired last (its position among the
+            leaves of the event function's output; ``-1`` if none).
+        event_state: with ``event=``: the state at the latest event, before any reset (``nan``
+            if none).
+        num_events: with ``event=``: how many events fired.
     """
 
     ts: Array
@@ -115,6 +133,10 @@ class Solution(eqx.Module):
     status: Array
     t_final: Array
     interpolation: DenseInterpolation | None = None
+    event_time: Array | None = None
+    event_index: Array | None = None
+    event_state: object | None = None
+    num_events: Array | None = None
 
     @property
     def result(self) -> Status:
@@ -123,7 +145,8 @@ class Solution(eqx.Module):
 
     @property
     def succeeded(self) -> Array:
-        return self.status == Status.SUCCESS
+        """True where the solve reached ``t1`` or stopped at a terminal event."""
+        return (self.status == Status.SUCCESS) | (self.status == Status.EVENT)
 
     def evaluate(self, t) -> object:
         """Dense output at time(s) ``t``; needs ``solve(..., dense=True)``."""

@@ -14,13 +14,23 @@ import equinox as eqx
 import jax
 import jax.numpy as jnp
 import numpy as np
-from jax import Array
+from jax import Array, lax
+from jax.flatten_util import ravel_pytree
 
-from . import _checks
-from ._adjoint import JVP_OF_BACKSOLVE, BacksolveAdjoint, get_adjoint, run_adjoint
+from . import _checks, _events
+from ._adjoint import (
+    JVP_OF_BACKSOLVE,
+    BacksolveAdjoint,
+    CheckpointAdjoint,
+    ForwardMode,
+    forward_only,
+    get_adjoint,
+    run_adjoint,
+)
 from ._controller import PIController
-from ._integrate import Options, Static, flatten_tol
-from ._solution import Solution
+from ._events import Event
+from ._integrate import Options, Static, flatten_tol, integrate
+from ._solution import Solution, Status
 from ._solvers import get_solver
 from ._tableau import Solver
 
@@ -30,11 +40,110 @@ DEFAULT_MAX_STEPS = 4096
 
 
 @eqx.filter_jit
-def _solve_jit(f, z0, t0, t1, ts, args, opts: Options, static: Static, adjoint) -> Solution:
+def _solve_jit(
+    f, z0, t0, t1, ts, args, opts: Options, static: Static, adjoint, event=None
+) -> Solution:
     _checks.check_vector_field(f, z0, t0, args)
     if ts is not None:
         ts = _checks.check_save_times(ts, t0, t1)
-    return run_adjoint(adjoint, f, z0, t0, t1, ts, args, opts, static)
+    if event is None:
+        return run_adjoint(adjoint, f, z0, t0, t1, ts, args, opts, static)
+    _events.check_event(event, z0, t0, args)
+    return _solve_with_event(adjoint, f, z0, t0, t1, ts, args, opts, static, event)
+
+
+_NO_REVERSE_WITH_RESET = (
+    "Reverse-mode gradients of a solve with an event that resets or does not stop"
+    " (Event(reset=...) or terminal=False) need adjoint='checkpoint' (or adjoint='forward' for"
+    " jax.jvp/jax.jacfwd); adjoint='backsolve' (the default) supports terminal events only."
+)
+
+
+@jax.custom_vjp
+def _no_reverse(x):
+    return x
+
+
+def _no_reverse_fwd(x):
+    return x, None
+
+
+def _no_reverse_bwd(_, g):
+    raise TypeError(_NO_REVERSE_WITH_RESET)
+
+
+_no_reverse.defvjp(_no_reverse_fwd, _no_reverse_bwd)
+
+
+def _solve_with_event(adjoint, f, z0, t0, t1, ts, args, opts, static, event) -> Solution:
+    """Dispatch a solve with an event by adjoint (the event time is differentiable, see
+    :mod:`odejax._events`)."""
+    if isinstance(adjoint, CheckpointAdjoint):
+        static = static._replace(loop="checkpoint", checkpoints=adjoint.checkpoints)
+        return integrate(f, z0, t0, t1, ts, args, opts, static, event)
+    if isinstance(adjoint, ForwardMode):
+        sol = integrate(f, z0, t0, t1, ts, args, opts, static, event)
+        return jax.tree.map(lambda x: forward_only(x) if eqx.is_inexact_array(x) else x, sol)
+    if not event.stops:
+        sol = integrate(f, z0, t0, t1, ts, args, opts, static, event)
+        return jax.tree.map(lambda x: _no_reverse(x) if eqx.is_inexact_array(x) else x, sol)
+    return _backsolve_terminal_event(adjoint, f, z0, t0, t1, ts, args, opts, static, event)
+
+
+def _backsolve_terminal_event(adjoint, f, z0, t0, t1, ts, args, opts, static, event):
+    """Backsolve with a terminal event: locate the event on stopped gradients, solve again to
+    that time by backsolve, then take one Newton step on ``g`` (implicit-function theorem)."""
+    sg = _events.stop_grad
+    first = integrate(sg(f), sg(z0), sg(t0), sg(t1), sg(ts), sg(args), sg(opts), static, sg(event))
+    hit = first.status == Status.EVENT
+    t_stop = jnp.where(hit, first.event_time, sg(t1))
+    direction = jnp.where(t1 >= t0, 1, -1).astype(t0.dtype)
+    # Solve again to t_stop, saving at the save times before it and at t_stop itself.
+    after = None
+    ts_c = None
+    if ts is not None:
+        after = direction * (ts - t_stop) > 0
+        ts_c = jnp.concatenate([jnp.where(after, t_stop, ts), t_stop[None]])
+    second = run_adjoint(adjoint, f, z0, t0, t_stop, ts_c, args, opts, static._replace(throw=False))
+    z_end = jax.tree.map(lambda x: x[-1], second.zs)
+    z_flat, unravel = ravel_pytree(z_end)
+    k = jnp.maximum(first.event_index, 0)
+
+    def gk(zf, t):
+        out = event.fn(unravel(zf), t, args)
+        return ravel_pytree(out)[0][k]
+
+    fz = ravel_pytree(f(z_end, t_stop, args))[0]
+    g_at, gdot = jax.jvp(gk, (z_flat, t_stop), (lax.stop_gradient(fz), jnp.ones_like(t_stop)))
+    gdot = lax.stop_gradient(gdot)
+    ok = hit & (gdot != 0)
+    delta = jnp.where(ok, -g_at / jnp.where(ok, gdot, 1), 0)
+    t_ev = t_stop + delta.astype(t_stop.dtype)
+    z_ev = unravel(z_flat + lax.stop_gradient(fz) * delta)
+    if ts is None:
+        zs = jax.tree.map(lambda x: x[None], z_ev)
+    else:
+
+        def mask(a):
+            gone = jnp.reshape(after, after.shape + (1,) * (a.ndim - 1))
+            return jnp.where(gone, jnp.nan, a[:-1])
+
+        zs = jax.tree.map(mask, second.zs)
+    # Rows the first solve did not reach (a failure with throw=False) stay nan.
+    zs = jax.tree.map(lambda a, b: jnp.where(jnp.isnan(b), b, a), zs, first.zs)
+    nan_t = jnp.full_like(t_ev, jnp.nan)
+    return Solution(
+        ts=first.ts if ts is None else ts,
+        zs=zs,
+        stats=first.stats,
+        status=first.status,
+        t_final=jnp.where(hit, t_ev, first.t_final),
+        interpolation=first.interpolation,
+        event_time=jnp.where(hit, t_ev, nan_t),
+        event_index=first.event_index,
+        event_state=jax.tree.map(lambda a, b: jnp.where(hit, a, b), z_ev, first.event_state),
+        num_events=first.num_events,
+    )
 
 
 def _arrays_for_floats(args):
@@ -75,6 +184,7 @@ def solve(
     throw: bool = True,
     progress: bool = False,
     adjoint=None,
+    event: Event | None = None,
 ) -> Solution:
     """Solve ``dz/dt = f(z, t, args)`` from ``z(t0) = z0`` to ``t1``.
 
@@ -87,7 +197,8 @@ def solve(
         ts: optional ``(T,)`` strictly monotone save times inside ``[t0, t1]``; the solution is
             read off the method's dense interpolant there. Default: save at ``t1`` only.
         solver: a name (``"tsit5"``, ``"dopri5"``, ``"dopri8"``, ``"bosh3"``, ``"euler"``,
-            ``"midpoint"``, ``"heun"``, ``"rk4"``) or a :class:`Solver`.
+            ``"midpoint"``, ``"heun"``, ``"rk4"``; stiff: ``"rodas5"``, ``"kvaerno5"``) or a
+            solver object (:class:`Solver`, ``odejax.Rodas5(linear_solver="matrix_free")``, ...).
         rtol, atol: relative and absolute tolerances, scalars or pytrees like ``z0``.
         dt0: initial step (adaptive solvers; default: Hairer's estimate) or the step size
             (fixed-step solvers, required).
@@ -103,6 +214,12 @@ def solve(
             O(1) memory), ``"checkpoint"`` (exact gradient of the discretisation, sublinear
             memory), ``"forward"`` (forward mode only), or an object such as
             ``odejax.BacksolveAdjoint(seminorm=True)``.
+        event: an :class:`odejax.Event`: stop (``terminal=True``) or jump (``reset=``) where
+            ``event.fn(z, t, args)`` crosses zero, located by root finding on the dense
+            interpolant. ``sol.event_time``, ``sol.event_index``, ``sol.event_state`` and
+            ``sol.num_events`` report it; a terminal stop has status ``EVENT``, save times after
+            it are ``nan``. The event time is differentiable (implicit-function theorem) with
+            every adjoint for terminal events; resets need ``"checkpoint"`` or ``"forward"``.
 
     Returns:
         A :class:`Solution`.
@@ -159,9 +276,11 @@ def solve(
         has_dtmin=dtmin is not None,
         has_dtmax=dtmax is not None,
     )
+    if event is not None and not isinstance(event, Event):
+        raise TypeError(f"event must be an odejax.Event or None, got {type(event).__name__}.")
     args = _arrays_for_floats(args)
     try:
-        return _solve_jit(f, z0, t0, t1, ts, args, opts, static, adjoint)
+        return _solve_jit(f, z0, t0, t1, ts, args, opts, static, adjoint, event)
     except TypeError as e:
         if isinstance(adjoint, BacksolveAdjoint) and "custom_vjp" in str(e):
             raise TypeError(JVP_OF_BACKSOLVE) from e

@@ -2,7 +2,8 @@
 
 Coefficients are published facts: Dormand & Prince (1980) for ``dopri5`` with Hairer's dense
 output (``contd5``), Tsitouras (2011) for ``tsit5``, Bogacki & Shampine (1989) for ``bosh3`` and
-Prince & Dormand (1981) for ``dopri8``.
+Prince & Dormand (1981) for ``dopri8``. The stiff solvers (``kvaerno5``, ``rodas5``) live in
+:mod:`odejax._implicit` and :mod:`odejax._rosenbrock` and are resolved by name here too.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from ._tableau import ButcherTableau, Solver
 __all__ = [
     "RK4",
     "SOLVERS",
+    "STIFF_SOLVERS",
     "Bosh3",
     "Dopri5",
     "Dopri8",
@@ -228,16 +230,32 @@ SOLVERS = {
 }
 
 
-def get_solver(solver: str | Solver) -> Solver:
-    """Resolve ``solver=`` (a name or a :class:`Solver`) to a :class:`Solver`."""
-    if isinstance(solver, Solver):
+def _stiff_solvers() -> dict:
+    from ._implicit import Kvaerno5
+    from ._rosenbrock import Rodas5
+
+    return {"kvaerno5": Kvaerno5, "rodas5": Rodas5}
+
+
+# The stiff solvers, by name (kept apart from SOLVERS, the explicit Runge–Kutta tableaux).
+STIFF_SOLVERS = _stiff_solvers()
+
+
+def get_solver(solver):
+    """Resolve ``solver=`` (a name, a :class:`Solver` or a stiff solver object) to a solver."""
+    from ._implicit import ImplicitSolver
+    from ._rosenbrock import RosenbrockSolver
+
+    if isinstance(solver, Solver | ImplicitSolver | RosenbrockSolver):
         return solver
+    names = sorted(SOLVERS) + sorted(STIFF_SOLVERS)
     if isinstance(solver, str):
-        try:
-            return SOLVERS[solver.lower()]()
-        except KeyError:
-            pass
-        raise ValueError(f"Unknown solver={solver!r}; valid names are {sorted(SOLVERS)}.")
+        key = solver.lower()
+        if key in SOLVERS:
+            return SOLVERS[key]()
+        if key in STIFF_SOLVERS:
+            return STIFF_SOLVERS[key]()
+        raise ValueError(f"Unknown solver={solver!r}; valid names are {names}.")
     raise TypeError(
-        f"solver= must be a name ({sorted(SOLVERS)}) or an odejax.Solver, got {type(solver)}."
+        f"solver= must be a name ({names}) or an odejax solver object, got {type(solver)}."
     )
