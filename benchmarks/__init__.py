@@ -1,0 +1,1 @@
+"""Benchmarks of odejax against its peers; run ``python -m benchmarks.run --help``."""

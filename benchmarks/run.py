@@ -1,0 +1,134 @@
+"""Command line: ``python -m benchmarks.run [--workload W] [--impl I] [--quick] [--out DIR]``.
+
+Runs the chosen workloads on the chosen implementations, prints the markdown report and writes it
+with the raw numbers to ``DIR/results.md`` and ``DIR/results.json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shlex
+import sys
+import time
+from pathlib import Path
+
+import jax
+
+from . import report
+from .adapters import ADAPTERS, TORCH_THREADS
+from .gradients import measure_grad_vdp, measure_memory
+from .records import Run
+from .targets import evaluate
+from .timing import FULL, QUICK
+from .training import CUBIC_SPIRAL, TRAIN_NODE, measure_seminorm, measure_training
+from .workloads import CASES, WORKLOADS, measure_case, measure_overhead
+
+DEFAULT_OUT = Path(__file__).resolve().parent / "results"
+
+
+def _names(values: list[str] | None, allowed, what: str, parser) -> list[str]:
+    """Split repeatable comma lists, check the names, keep ``allowed``'s order."""
+    if not values:
+        return list(allowed)
+    chosen = {name.strip() for v in values for name in v.split(",") if name.strip()}
+    unknown = chosen - set(allowed)
+    if unknown:
+        parser.error(f"unknown {what} {sorted(unknown)}; choose from {', '.join(allowed)}")
+    return [name for name in allowed if name in chosen]
+
+
+def main(argv: list[str] | None = None) -> None:
+    argv = sys.argv[1:] if argv is None else argv
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.run", description=__doc__)
+    parser.add_argument(
+        "--workload",
+        action="append",
+        help=f"workloads, repeatable or comma-separated (default all: {', '.join(WORKLOADS)})",
+    )
+    parser.add_argument(
+        "--impl",
+        action="append",
+        help=f"implementations, repeatable or comma-separated (default all: {', '.join(ADAPTERS)})",
+    )
+    parser.add_argument("--quick", action="store_true", help="fewer samples (a few minutes)")
+    parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help="output folder")
+    parser.add_argument(
+        "--torch-threads",
+        type=int,
+        default=None,
+        help="torch's intra-op threads (default: one per core, as XLA's CPU thread pool)",
+    )
+    args = parser.parse_args(argv)
+    if args.torch_threads is not None:
+        if args.torch_threads < 1:
+            parser.error("--torch-threads must be at least 1")
+        TORCH_THREADS["threads"] = args.torch_threads
+    workloads = _names(args.workload, WORKLOADS, "workload", parser)
+    impls = _names(args.impl, list(ADAPTERS), "implementation", parser)
+
+    jax.config.update("jax_enable_x64", True)
+    settings = QUICK if args.quick else FULL
+    command = shlex.join(["python", "-m", "benchmarks.run", *argv])
+    notes = []
+
+    def log(message: str, keep: bool = False) -> None:
+        """Progress to stderr; ``keep`` also puts the message in the report's notes."""
+        if keep:
+            notes.append(message)
+        print(("note: " if keep else "") + message, file=sys.stderr, flush=True)
+
+    adapters = []
+    for name in impls:
+        if ADAPTERS[name].available():
+            adapters.append(ADAPTERS[name])
+        else:
+            log(f"{name} skipped: `{ADAPTERS[name].requires}` is not installed", keep=True)
+    available = [a.name for a in adapters]
+    jax.block_until_ready(jax.jit(lambda x: x + 1)(1.0))  # JAX's one-off start-up, untimed
+
+    run = Run()
+    load_at_start = [round(x, 2) for x in os.getloadavg()]
+    start_all = time.perf_counter()
+    for workload in workloads:
+        start = time.perf_counter()
+        for case in CASES.get(workload, ()):
+            log(f"{workload}/{case.solver} ...")
+            run.results += measure_case(workload, case, adapters, settings, log)
+        if workload != "overhead" and workload not in CASES:
+            log(f"{workload} ...")
+        if workload == "overhead":
+            log("overhead ...")
+            run.overhead = measure_overhead(adapters, settings, log)
+        elif workload == "grad_vdp":
+            run.grads += measure_grad_vdp(available, settings, log)
+        elif workload == "train_node":
+            run.grads += measure_training(TRAIN_NODE, available, settings, log)
+        elif workload == "cubic_spiral":
+            run.grads += measure_training(CUBIC_SPIRAL, available, settings, log)
+        elif workload == "seminorm":
+            run.seminorm = measure_seminorm(available, settings, log)
+        elif workload == "memory":
+            run.memory = measure_memory(available, settings, log)
+        log(f"  {workload} done in {time.perf_counter() - start:.1f} s")
+    log(f"all done in {time.perf_counter() - start_all:.1f} s")
+
+    env = report.environment(command, "quick" if args.quick else "full", settings)
+    cores = os.cpu_count() or 1
+    if max(load_at_start[0], env["load_average"][0]) > cores:
+        notes.append(
+            f"the machine was busy (1-minute load average {load_at_start[0]} at the start, "
+            f"{env['load_average'][0]} at the end, on {cores} cores): timings are noisier, and "
+            "torch with more than one thread slows down severalfold under load"
+        )
+    env["notes"] = notes
+    env["load_average_at_start"] = load_at_start
+    env["wall_s"] = round(time.perf_counter() - start_all, 1)
+    verdicts = evaluate(run)
+    text = report.markdown(env, adapters, run, verdicts, workloads)
+    report.write(args.out, env, run, verdicts, text)
+    print(text)
+
+
+if __name__ == "__main__":
+    main()
