@@ -83,7 +83,7 @@ def _odejax(rhs, case: Case):
             solver=case.solver,
             rtol=case.rtol,
             atol=case.atol,
-            max_steps=MAX_STEPS,
+            max_steps=case.max_steps,
         )
         stats = sol.stats
         return sol.zs, {"accepted": stats["num_accepted"], "rejected": stats["num_rejected"]}
@@ -111,7 +111,7 @@ def _diffrax(rhs, case: Case):
             p,
             saveat=saveat,
             stepsize_controller=controller,
-            max_steps=MAX_STEPS,
+            max_steps=case.max_steps,
         )
         stats = sol.stats
         return sol.ys, {
@@ -192,7 +192,7 @@ def _torchode(rhs, case: Case):
         factor_min=c["factormin"],
         factor_max=c["factormax"],
     )
-    solver = torchode.AutoDiffAdjoint(method, controller, max_steps=MAX_STEPS)
+    solver = torchode.AutoDiffAdjoint(method, controller, max_steps=case.max_steps)
     save_ts = case.problem.num_saves > 1
 
     def solve(z0, ts, p):

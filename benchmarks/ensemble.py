@@ -21,6 +21,7 @@ checked equal bit for bit. Times: median over round-robin repeats, each call blo
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import os
 import shutil
@@ -31,6 +32,7 @@ import time
 
 THREAD_FLAGS = "--xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1"
 MU_RANGE = (0.5, 50.0)
+SAMPLE = 8  # members whose final state is checked against SciPy's DOP853
 
 
 def _child(devices: int, batch: int, t1: float, repeats: int) -> dict:
@@ -81,6 +83,12 @@ def _child(devices: int, batch: int, t1: float, repeats: int) -> dict:
                 start = time.perf_counter()
                 fn().block_until_ready()
                 times[k].append(time.perf_counter() - start)
+        if name == "blocked":  # a few members, for their error against SciPy's DOP853
+            pick = np.linspace(0, batch - 1, SAMPLE).round().astype(int)
+            out["sample"] = {
+                "mu": mus_sorted[pick].tolist(),
+                "z_t1": results["ensemble"][pick, -1].tolist(),
+            }
         sol = ensemble(vdp, z0s, ts, mus, mesh=mesh, return_solution=True, **opts)
         steps = np.asarray(sol.stats["num_steps"]).reshape(devices, -1)
         out["layouts"][name] = {
@@ -102,7 +110,8 @@ def _run_child(devices: int, cores: list[int] | None, args) -> dict:
     cmd += ["--batch", str(args.batch), "--t1", str(args.t1), "--repeats", str(args.repeats)]
     if cores is not None:
         cmd = ["taskset", "-c", ",".join(map(str, cores)), *cmd]
-    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, check=False)
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    proc = subprocess.run(cmd, env=env, cwd=root, capture_output=True, text=True, check=False)
     if proc.returncode != 0:
         raise RuntimeError(f"{' '.join(cmd)} failed:\n{proc.stderr[-4000:]}")
     line = [x for x in proc.stdout.splitlines() if x.startswith("{")][-1]
@@ -118,16 +127,18 @@ def _table(runs: list[dict], command: str) -> str:
         f" {os.cpu_count()} CPU cores, load average {os.getloadavg()[0]:.1f} at the end",
         "",
         "| devices | real cores | layout | max steps per device | ensemble (ms) |"
-        " jit(vmap), sharded (ms) | ensemble / jit(vmap) | ensemble solves/s | identical |",
-        "| --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+        " jit(vmap), sharded (ms) | ensemble / jit(vmap) | ensemble solves/s | identical |"
+        " max error |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
     for r in runs:
+        err = "—" if r.get("max_error") is None else f"{r['max_error']:.1e}"
         for name, lay in r["layouts"].items():
             te, tv = lay["time_s"]["ensemble"], lay["time_s"]["jit_vmap"]
             lines.append(
                 f"| {r['devices']} | {r['cores']} | {name} | {lay['max_steps_per_device']} |"
                 f" {1e3 * te:.1f} | {1e3 * tv:.1f} | {te / tv:.2f} | {r['batch'] / te:,.0f} |"
-                f" {'yes' if lay['identical'] else 'NO'} |"
+                f" {'yes' if lay['identical'] else 'NO'} | {err} |"
             )
     scaling = {r["devices"]: r for r in runs if r["cores"] != "all"}
     if 1 in scaling and 2 in scaling:
@@ -141,6 +152,61 @@ def _table(runs: list[dict], command: str) -> str:
                 f" jit(vmap) {t1c['jit_vmap'] / t2c['jit_vmap']:.2f}× (ideal 2×)."
             )
     return "\n".join(lines)
+
+
+@functools.cache
+def _reference_t1(mu: float, t1: float):
+    """Van der Pol's state at ``t1`` from SciPy's DOP853 at rtol = atol = 1e-12."""
+    from scipy.integrate import solve_ivp
+
+    sol = solve_ivp(
+        lambda t, y: [y[1], mu * (1 - y[0] ** 2) * y[1] - y[0]],
+        (0.0, t1),
+        [2.0, 0.0],
+        method="DOP853",
+        rtol=1e-12,
+        atol=1e-12,
+    )
+    return sol.y[:, -1]
+
+
+def sample_error(run: dict) -> float | None:
+    """Largest absolute error at ``t1`` of the sampled members against SciPy's DOP853 at
+    rtol = atol = 1e-12 (``None`` without SciPy)."""
+    try:
+        import scipy.integrate  # noqa: F401
+    except ImportError:
+        return None
+    import numpy as np
+
+    return max(
+        float(np.max(np.abs(_reference_t1(mu, run["t1"]) - np.asarray(z))))
+        for mu, z in zip(run["sample"]["mu"], run["sample"]["z_t1"])
+    )
+
+
+def measure(repeats: int, log, batch: int = 128, t1: float = 50.0) -> list[dict]:
+    """The three layouts (4 simulated devices on all cores; 1 and 2 devices pinned to 1 and 2
+    real cores) as :func:`main` runs them, for ``benchmarks.run``; each run dict gains
+    ``max_error`` (see :func:`sample_error`)."""
+    args = argparse.Namespace(batch=batch, t1=t1, repeats=repeats)
+    cpus = sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else []
+    pin = shutil.which("taskset") is not None and len(cpus) >= 2
+    if not pin:
+        log("ensemble: cannot pin to 1 and 2 cores (no taskset or < 2 cores)", keep=True)
+    runs = []
+    layouts = ((4, None), (1, cpus[:1] if pin else None), (2, cpus[:2] if pin else None))
+    for devices, cores in layouts:
+        log(f"  ensemble: {devices} device(s), {'all' if cores is None else len(cores)} core(s)")
+        run = _run_child(devices, cores, args)
+        run["max_error"] = sample_error(run)
+        runs.append(run)
+    return runs
+
+
+def table(runs: list[dict], command: str) -> str:
+    """The markdown table of :func:`measure`'s or :func:`main`'s runs."""
+    return _table(runs, command)
 
 
 def main(argv=None) -> None:
@@ -165,6 +231,8 @@ def main(argv=None) -> None:
     runs = [_run_child(4, None, args)]
     runs.append(_run_child(1, cpus[:1] if pin else None, args))
     runs.append(_run_child(2, cpus[:2] if pin else None, args))
+    for run in runs:
+        run["max_error"] = sample_error(run)
     command = "python -m benchmarks.ensemble " + " ".join(
         argv if argv is not None else sys.argv[1:]
     )

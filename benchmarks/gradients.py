@@ -24,7 +24,16 @@ from .records import GradResult, MemoryResult
 from .timing import Settings, fresh_calls, steady_times
 from .variants import Variant, base_label, jax_trajectory, steps_or_none, variants_for
 
-__all__ = ["GRAD_ATOL", "GRAD_RTOL", "measure_grad_vdp", "measure_memory", "measure_variants"]
+__all__ = [
+    "GRAD_ATOL",
+    "GRAD_RTOL",
+    "GRAD_VDP_BUILDERS",
+    "measure_grad_vdp",
+    "measure_memory",
+    "measure_variants",
+    "vdp_inputs",
+    "vdp_loss",
+]
 
 GRAD_RTOL, GRAD_ATOL = 1e-6, 1e-9
 HOST_IMPLS = ("torchdiffeq",)
@@ -86,12 +95,12 @@ def measure_variants(
 # --- grad_vdp -----------------------------------------------------------------------------------
 
 
-def _vdp_inputs():
+def vdp_inputs():
     p = VAN_DER_POL
     return jnp.array(p.z0), jnp.array(p.params[0]), jnp.array(p.ts)
 
 
-def _vdp_loss(label: str, max_steps: int | None = None):
+def vdp_loss(label: str, max_steps: int | None = None):
     """``loss(z0, p, ts) -> (loss, (loss, steps))`` around a fresh vector field."""
 
     def field(z, t, p):
@@ -110,8 +119,8 @@ def _vdp_loss(label: str, max_steps: int | None = None):
 
 def _grad_vdp_jax(label: str) -> Callable[[], Callable[[], Any]]:
     def build():
-        fn = jax.jit(jax.grad(_vdp_loss(label), argnums=(0, 1), has_aux=True))
-        z0, p, ts = _vdp_inputs()
+        fn = jax.jit(jax.grad(vdp_loss(label), argnums=(0, 1), has_aux=True))
+        z0, p, ts = vdp_inputs()
         return lambda: fn(z0, p, ts)
 
     return build
@@ -207,6 +216,7 @@ GRAD_VDP_BUILDERS: dict[str, Callable[[], Callable[[], Any]]] = {
     "diffrax/backsolve": _grad_vdp_jax("diffrax/backsolve"),
     "diffrax/checkpoint": _grad_vdp_jax("diffrax/checkpoint"),
     "torchdiffeq/adjoint": _grad_vdp_torch(adjoint=True),
+    "torchdiffeq/direct": _grad_vdp_torch(adjoint=False),
 }
 
 
@@ -224,13 +234,13 @@ def measure_memory(impls: Sequence[str], settings: Settings, log) -> list[Memory
     """``temp_size_in_bytes`` of the compiled ``grad_vdp`` gradient at each ``max_steps``."""
     builders = {label: None for label in MEMORY_LABELS}
     variants = variants_for(builders, impls, log)
-    z0, p, ts = _vdp_inputs()
+    z0, p, ts = vdp_inputs()
     rows = []
     for v in variants:
         for max_steps in settings.memory_max_steps:
             start = time.perf_counter()
             try:
-                grad = jax.grad(_vdp_loss(v.label, max_steps), argnums=(0, 1), has_aux=True)
+                grad = jax.grad(vdp_loss(v.label, max_steps), argnums=(0, 1), has_aux=True)
                 compiled = jax.jit(grad).lower(z0, p, ts).compile()
                 temp = compiled.memory_analysis().temp_size_in_bytes
             except Exception as e:  # a broken implementation must not end the run

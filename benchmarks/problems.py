@@ -15,6 +15,7 @@ import jax.numpy as jnp
 import numpy as np
 
 __all__ = [
+    "DETEST",
     "LOTKA_VOLTERRA",
     "VAN_DER_POL",
     "VAN_DER_POL_BATCH",
@@ -36,6 +37,32 @@ def lotka_volterra(z, t, p, xp=jnp):
     """Lotka–Volterra predator–prey, ``p = (alpha, beta, gamma, delta)``."""
     x, y = z[0], z[1]
     return xp.stack([p[0] * x - p[1] * x * y, p[3] * x * y - p[2] * y])
+
+
+def detest_a3(z, t, p, xp=jnp):
+    """DETEST A3: y' = y cos t."""
+    return xp.stack([z[0] * xp.cos(t)])
+
+
+def detest_b5(z, t, p, xp=jnp):
+    """DETEST B5: Euler's equations of a rigid body without external forces."""
+    return xp.stack([z[1] * z[2], -z[0] * z[2], -0.51 * z[0] * z[1]])
+
+
+def detest_c3(z, t, p, xp=jnp):
+    """DETEST C3: the 10-equation tridiagonal linear system (a discretised heat equation)."""
+    n = 10
+    rows = [-2 * z[0] + z[1]]
+    rows += [z[i - 1] - 2 * z[i] + z[i + 1] for i in range(1, n - 1)]
+    rows += [z[n - 2] - 2 * z[n - 1]]
+    return xp.stack(rows)
+
+
+def detest_d(z, t, p, xp=jnp):
+    """DETEST D1–D5: the two-body problem, ``z = (x, y, x', y')``, eccentricity from ``z0``."""
+    x, y, u, v = z[0], z[1], z[2], z[3]
+    r3 = (x**2 + y**2) ** 1.5
+    return xp.stack([u, v, -x / r3, -y / r3])
 
 
 @dataclasses.dataclass(frozen=True)
@@ -96,14 +123,25 @@ VAN_DER_POL_BATCH = Problem(
 )
 
 
+_E = 0.7  # D4's eccentricity
+_D4_Z0 = (1 - _E, 0.0, 0.0, ((1 + _E) / (1 - _E)) ** 0.5)
+DETEST = (
+    Problem("A3", detest_a3, (1.0,), 0.0, 20.0, 101, ((0.0,),)),
+    Problem("B5", detest_b5, (0.0, 1.0, 1.0), 0.0, 20.0, 101, ((0.0,),)),
+    Problem("C3", detest_c3, (1.0,) + (0.0,) * 9, 0.0, 20.0, 101, ((0.0,),)),
+    Problem("D4", detest_d, _D4_Z0, 0.0, 20.0, 101, ((0.0,),)),
+)
+
+
 @dataclasses.dataclass(frozen=True)
 class Case:
-    """One thing to time: a problem, a method and tolerances."""
+    """One thing to time: a problem, a method, tolerances and the step limit."""
 
     problem: Problem
     solver: str
     rtol: float = 1e-6
     atol: float = 1e-9
+    max_steps: int = 4096
 
 
 @functools.cache

@@ -8,7 +8,9 @@ __all__ = [
     "GradResult",
     "MemoryResult",
     "OverheadResult",
+    "PrecisionResult",
     "Result",
+    "RssResult",
     "Run",
     "SeminormResult",
 ]
@@ -24,6 +26,7 @@ class Result:
     """
 
     workload: str
+    problem: str
     solver: str
     impl: str
     steady_s: float
@@ -73,7 +76,10 @@ class GradResult:
             (reverse mode through the solver's own steps, with or without checkpointing).
         steps: attempted steps of the forward solve (reported, or derived from counted nfe).
         loss: the loss at the fixed starting point (the same problem everywhere: these agree).
-        rel_error: ``‖g − g_ref‖ / ‖g_ref‖`` of the gradient (``grad_vdp``).
+        rel_error: ``‖g − g_ref‖ / ‖g_ref‖`` of the gradient against an independent reference
+            (``grad_vdp``: forward sensitivities with SciPy DOP853; training: float64 fine-step
+            RK4 differentiated by JAX).
+        loss_error: ``|loss − loss_ref| / |loss_ref|`` (training workloads).
         steady_ratio, first_ratio: odejax's time (same ``kind``) over this row's.
     """
 
@@ -88,6 +94,7 @@ class GradResult:
     steps: float | None = None
     loss: float | None = None
     rel_error: float | None = None
+    loss_error: float | None = None
     steady_ratio: float | None = None
     first_ratio: float | None = None
 
@@ -125,6 +132,43 @@ class MemoryResult:
 
 
 @dataclasses.dataclass
+class RssResult:
+    """Peak resident memory of a fresh subprocess computing one gradient once.
+
+    ``base_kib``: peak RSS after importing the libraries, starting JAX and making the inputs;
+    ``compiled_kib``: peak after tracing and compiling; ``peak_kib``: peak after the run. torch
+    compiles nothing, so its ``compiled_kib`` is ``None``.
+    """
+
+    label: str
+    impl: str
+    method: str
+    max_steps: int | None
+    base_kib: int
+    compiled_kib: int | None
+    peak_kib: int
+
+    @property
+    def growth_kib(self) -> int:
+        return self.peak_kib - self.base_kib
+
+
+@dataclasses.dataclass
+class PrecisionResult:
+    """One point of a work-precision diagram."""
+
+    problem: str
+    impl: str
+    solver: str
+    rtol: float
+    atol: float
+    steady_s: float
+    steady_spread: float
+    nfe: int
+    max_error: float | None
+
+
+@dataclasses.dataclass
 class Run:
     """Everything one run measured."""
 
@@ -133,12 +177,22 @@ class Run:
     grads: list[GradResult] = dataclasses.field(default_factory=list)
     seminorm: list[SeminormResult] = dataclasses.field(default_factory=list)
     memory: list[MemoryResult] = dataclasses.field(default_factory=list)
+    rss: list[RssResult] = dataclasses.field(default_factory=list)
+    precision: list[PrecisionResult] = dataclasses.field(default_factory=list)
+    ensemble: list[dict] = dataclasses.field(default_factory=list)
+    stiff: dict = dataclasses.field(default_factory=dict)
 
     def asdict(self) -> dict:
         out = {
-            f.name: [dataclasses.asdict(r) for r in getattr(self, f.name)]
+            f.name: [
+                dataclasses.asdict(r) if dataclasses.is_dataclass(r) else r
+                for r in getattr(self, f.name)
+            ]
             for f in dataclasses.fields(self)
+            if f.name not in ("stiff",)
         }
+        out["stiff"] = self.stiff
+        out["rss"] = [dataclasses.asdict(r) | {"growth_kib": r.growth_kib} for r in self.rss]
         out["overhead"] = [
             dataclasses.asdict(o)
             | {"per_eval_s": o.per_eval_s, "rk4_per_eval_s": o.rk4_per_eval_s, "ratio": o.ratio}

@@ -14,7 +14,17 @@ from pathlib import Path
 import jax
 
 from .adapters import Adapter
-from .records import GradResult, MemoryResult, OverheadResult, Result, Run, SeminormResult
+from .ensemble import table as ensemble_table
+from .records import (
+    GradResult,
+    MemoryResult,
+    OverheadResult,
+    PrecisionResult,
+    Result,
+    RssResult,
+    Run,
+    SeminormResult,
+)
 from .targets import Verdict, sci, summary
 from .timing import Settings
 from .variants import METHODS
@@ -116,11 +126,11 @@ def _table(header: list[str], rows: list[list[str]]) -> str:
 
 
 def _results_table(results: list[Result]) -> str:
-    header = ["workload", "solver", "impl", "steady ms (IQR)", "odejax ÷ impl", "first call s"]
+    header = ["case", "solver", "impl", "steady ms (IQR)", "odejax ÷ impl", "first call s"]
     header += ["odejax ÷ impl", "steps", "accepted", "rejected", "nfe", "max error"]
     rows = [
         [
-            r.workload,
+            r.workload if r.workload != "detest" else f"DETEST {r.problem}",
             r.solver,
             r.impl,
             f"{r.steady_s * 1e3:.3g} ({r.steady_spread:.0%})",
@@ -156,9 +166,10 @@ def _overhead_table(overhead: list[OverheadResult]) -> str:
     return _table([*header, "ratio"], rows)
 
 
-def _grads_table(rows: list[GradResult], error: bool) -> str:
+def _grads_table(rows: list[GradResult], training: bool) -> str:
     header = ["impl", "gradient", "kind", "steady ms (IQR)", "odejax ÷ impl", "first call s"]
-    header += ["odejax ÷ impl", "fwd steps", "gradient rel. error" if error else "loss"]
+    header += ["odejax ÷ impl", "fwd steps", "loss"]
+    header += ["loss rel. error", "gradient rel. error"] if training else ["gradient rel. error"]
     body = [
         [
             r.impl,
@@ -169,7 +180,47 @@ def _grads_table(rows: list[GradResult], error: bool) -> str:
             f"{r.first_call_s:.3g}",
             _num(r.first_ratio, "ratio"),
             _num(r.steps, "steps"),
-            _num(r.rel_error, ".1e") if error else _num(r.loss, ".5g"),
+            _num(r.loss, ".6g"),
+            *([_num(r.loss_error, ".1e")] if training else []),
+            _num(r.rel_error, ".1e"),
+        ]
+        for r in rows
+    ]
+    return _table(header, body)
+
+
+def _precision_table(rows: list[PrecisionResult], problem: str) -> str:
+    mine = [r for r in rows if r.problem == problem]
+    rtols = sorted({r.rtol for r in mine}, reverse=True)
+    index = {(r.impl, r.solver, r.rtol): r for r in mine}
+    header = ["impl", "solver"] + [f"rtol {r:.0e}".replace("e-0", "e-") for r in rtols]
+    body = []
+    for impl, solver in dict.fromkeys((r.impl, r.solver) for r in mine):
+        cells = []
+        for rtol in rtols:
+            r = index.get((impl, solver, rtol))
+            cells.append(
+                "—"
+                if r is None
+                else f"{r.steady_s * 1e3:.3g} ms · {_num(r.max_error, '.0e')} · {r.nfe}"
+            )
+        body.append([impl, solver, *cells])
+    return _table(header, body)
+
+
+def _rss_table(rows: list[RssResult]) -> str:
+    header = ["impl", "gradient", "max_steps", "after imports MiB", "after compile MiB"]
+    header += ["peak MiB", "peak − after imports MiB"]
+    mib = lambda k: "—" if k is None else f"{k / 1024:.0f}"  # noqa: E731
+    body = [
+        [
+            r.impl,
+            r.method,
+            "—" if r.max_steps is None else sci(r.max_steps),
+            mib(r.base_kib),
+            mib(r.compiled_kib),
+            mib(r.peak_kib),
+            mib(r.growth_kib),
         ]
         for r in rows
     ]
@@ -211,7 +262,7 @@ def _memory_table(rows: list[MemoryResult]) -> str:
 
 def _targets_table(verdicts: list[Verdict], workloads: list[str]) -> str:
     rows = [list(row) for row in summary(verdicts, workloads)]
-    return _table(["target (odejax vs peer)", "met", "measured"], rows)
+    return _table(["issue", "target (odejax vs peer)", "met", "measured"], rows)
 
 
 LEGEND = """\
@@ -245,6 +296,33 @@ torchdiffeq does), the MLP applied to each row with `jax.vmap`; float32, JAX's x
 Adam(1e-3). `cubic_spiral`: torchdiffeq's ode_demo: MLP(z³) 2→50→2 tanh, 20 windows of 10
 times, dopri5 rtol 1e-7, atol 1e-9, mean |error|, RMSprop(1e-3). Ratios, first call and steps as
 in the gradient table."""
+
+
+PRECISION_LEGEND = """\
+Each cell: steady time per solve · max absolute error against SciPy DOP853 (rtol = atol = 1e-13)
+over all save times and components · counted nfe. atol = 1e-3 · rtol, `max_steps` 200000,
+float64, otherwise the forward-solve settings above; at each tolerance every implementation is
+timed round-robin. The plots show the same numbers: error against time (one point per
+tolerance, lower left is better) and nfe against tolerance."""
+
+RSS_LEGEND = """\
+A fresh Python process per row (`python -m benchmarks.rss LABEL [MAX_STEPS]`) computes the
+`grad_vdp` gradient once; peak resident memory is read after
+importing the libraries and making the inputs, after tracing + compiling, and after the run
+(`VmHWM` of `/proc/self/status`).
+Compilation sets the peak of every JAX row (XLA's compiler works in the process), and the
+gradients' own buffers (the temporaries above, under 1 MiB) are far below the resolution of a
+process's RSS; torch has nothing to compile and runs the eager gradient (its baseline includes
+torch and JAX being imported)."""
+
+ENSEMBLE_LEGEND = """\
+`odejax.ensemble` (one adaptive loop per device, `shard_map` around a vmapped solve) against
+`jax.jit(jax.vmap(odejax.odeint))` on the same batch, already sharded over the devices. Each row
+is a child process with `XLA_FLAGS=--xla_force_host_platform_device_count=N` and one thread per
+device; the 1- and 2-device rows are pinned to 1 and 2 real cores with `taskset`. `blocked`: the
+batch sorted by mu (device 0 the easiest quarter); `mixed`: member i on device i mod N. Max
+error: the largest error at t1 of 8 members (mu from 0.5 to 50) against SciPy DOP853 at
+rtol = atol = 1e-12."""
 
 
 def markdown(env: dict, adapters: list[Adapter], run: Run, verdicts, workloads) -> str:
@@ -284,14 +362,27 @@ def markdown(env: dict, adapters: list[Adapter], run: Run, verdicts, workloads) 
             "",
             _overhead_table(run.overhead),
         ]
+    if run.precision:
+        lines += ["", "## Work-precision (`precision`)", ""]
+        for problem in dict.fromkeys(r.problem for r in run.precision):
+            lines += [
+                f"### {problem}",
+                "",
+                f"![error vs time, {problem}](work_precision_{problem}.png)"
+                f" ![nfe vs tolerance, {problem}](nfe_{problem}.png)",
+                "",
+                _precision_table(run.precision, problem),
+                "",
+            ]
+        lines += [PRECISION_LEGEND]
     grads = [g for g in run.grads if g.workload == "grad_vdp"]
     if grads:
-        lines += ["", "## Gradients (`grad_vdp`)", "", _grads_table(grads, True), ""]
+        lines += ["", "## Gradients (`grad_vdp`)", "", _grads_table(grads, False), ""]
         lines += [GRAD_LEGEND]
     for name in ("train_node", "cubic_spiral"):
         rows = [g for g in run.grads if g.workload == name]
         if rows:
-            lines += ["", f"## Training step (`{name}`)", "", _grads_table(rows, False), ""]
+            lines += ["", f"## Training step (`{name}`)", "", _grads_table(rows, True), ""]
             lines += [TRAIN_LEGEND]
     if run.seminorm:
         lines += [
@@ -316,6 +407,14 @@ def markdown(env: dict, adapters: list[Adapter], run: Run, verdicts, workloads) 
             "`temp_size_in_bytes` of `jax.jit(jax.grad(loss)).lower(...).compile()"
             ".memory_analysis()` for the `grad_vdp` gradient, at each `max_steps`.",
         ]
+    if run.rss:
+        lines += ["", "### Peak RSS of a subprocess", "", _rss_table(run.rss), "", RSS_LEGEND]
+    if run.ensemble:
+        lines += ["", "## Ensemble across devices (`ensemble`)", ""]
+        lines += [ensemble_table(run.ensemble, "python -m benchmarks.run --workload ensemble")]
+        lines += ["", ENSEMBLE_LEGEND]
+    if run.stiff:
+        lines += ["", "## Stiff problems (`stiff`)", "", run.stiff.get("summary", "")]
     if verdicts or workloads:
         lines += ["", "## Targets", "", _targets_table(verdicts, workloads)]
     return "\n".join(lines) + "\n"

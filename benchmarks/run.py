@@ -16,13 +16,16 @@ from pathlib import Path
 import jax
 
 from . import report
+from . import stiff_hook as stiff
 from .adapters import ADAPTERS, TORCH_THREADS
 from .gradients import measure_grad_vdp, measure_memory
+from .precision import measure_precision, plot_precision
 from .records import Run
+from .rss import measure_rss
 from .targets import evaluate
 from .timing import FULL, QUICK
 from .training import CUBIC_SPIRAL, TRAIN_NODE, measure_seminorm, measure_training
-from .workloads import CASES, WORKLOADS, measure_case, measure_overhead
+from .workloads import CASES, QUICK_CASES, WORKLOADS, measure_case, measure_overhead
 
 DEFAULT_OUT = Path(__file__).resolve().parent / "results"
 
@@ -92,7 +95,8 @@ def main(argv: list[str] | None = None) -> None:
     start_all = time.perf_counter()
     for workload in workloads:
         start = time.perf_counter()
-        for case in CASES.get(workload, ()):
+        cases = QUICK_CASES if args.quick else CASES
+        for case in cases.get(workload, CASES.get(workload, ())):
             log(f"{workload}/{case.solver} ...")
             run.results += measure_case(workload, case, adapters, settings, log)
         if workload != "overhead" and workload not in CASES:
@@ -110,6 +114,23 @@ def main(argv: list[str] | None = None) -> None:
             run.seminorm = measure_seminorm(available, settings, log)
         elif workload == "memory":
             run.memory = measure_memory(available, settings, log)
+            log("  peak RSS of subprocesses ...")
+            sizes = settings.memory_max_steps if not args.quick else settings.memory_max_steps[-1:]
+            run.rss = measure_rss(impls, sizes, log)
+        elif workload == "precision":
+            run.precision = measure_precision(adapters, settings, args.quick, log)
+            for path in plot_precision(run.precision, args.out, log):
+                log(f"  wrote {path}")
+        elif workload == "ensemble":
+            if "odejax" in available:
+                from . import ensemble
+
+                try:
+                    run.ensemble = ensemble.measure(settings.ensemble_repeats, log)
+                except Exception as e:  # a failure here must not lose the rest of the run
+                    log(f"ensemble failed: {e!r:.500}", keep=True)
+        elif workload == "stiff":
+            run.stiff = stiff.run(args.quick, args.out, log)
         log(f"  {workload} done in {time.perf_counter() - start:.1f} s")
     log(f"all done in {time.perf_counter() - start_all:.1f} s")
 

@@ -28,7 +28,11 @@ class Target:
     * ``seminorm_nfe``: backward nfe with the seminorm over without; ``seminorm_grad``: the
       gradients' relative difference;
     * ``memory_growth``: backsolve temporary memory at the largest ``max_steps`` over at 1000;
-      ``memory_vs``: odejax checkpoint's over Diffrax's at each ``max_steps``.
+      ``memory_vs``: odejax checkpoint's over Diffrax's at each ``max_steps``;
+    * ``ensemble``: ``odejax.ensemble``'s time over sharded ``jit(vmap)``'s on 4 simulated
+      devices, per layout; ``scaling``: the 1 → 2 core speed-up (reported, no limit).
+
+    ``issue``: the issue that sets the target.
     """
 
     text: str
@@ -38,6 +42,7 @@ class Target:
     limit: float = 1.0
     pairs: tuple[tuple[str, str], ...] = ()
     faster: bool = False
+    issue: int = 2
 
 
 TARGETS = (
@@ -50,11 +55,20 @@ TARGETS = (
     Target("vmap steady ≤ 0.7× Diffrax", ("vmap",), "steady", "diffrax", 0.7),
     Target("time per evaluation ≤ 3× hand-written RK4", ("overhead",), "overhead", "", 3.0),
     Target(
+        "overhead: run time ≤ 1.5× a hand-written `fori_loop` making as many evaluations",
+        ("overhead",),
+        "overhead",
+        "",
+        1.5,
+        issue=6,
+    ),
+    Target(
         "grad_vdp: backsolve steady ≤ 1.0× jax_ode",
         ("grad_vdp",),
         "grad_steady",
         limit=1.0,
         pairs=(("odejax/backsolve", "jax_ode/adjoint"),),
+        issue=3,
     ),
     Target(
         "grad_vdp: backsolve steady ≤ 0.5× Diffrax BacksolveAdjoint",
@@ -62,6 +76,7 @@ TARGETS = (
         "grad_steady",
         limit=0.5,
         pairs=(_BS,),
+        issue=3,
     ),
     Target(
         "grad_vdp: checkpoint steady ≤ 0.5× Diffrax RecursiveCheckpointAdjoint",
@@ -69,6 +84,7 @@ TARGETS = (
         "grad_steady",
         limit=0.5,
         pairs=(_CP,),
+        issue=3,
     ),
     Target(
         "grad_vdp: first call of jit(grad) ≤ 0.3× Diffrax's",
@@ -76,6 +92,7 @@ TARGETS = (
         "grad_first",
         limit=0.3,
         pairs=(_BS, _CP),
+        issue=3,
     ),
     Target(
         "train_node: step ≤ 0.8× Diffrax (same adjoint kind)",
@@ -83,6 +100,7 @@ TARGETS = (
         "grad_steady",
         limit=0.8,
         pairs=(_BS, _CP),
+        issue=3,
     ),
     Target(
         "train_node: step ≥ 7× faster than torchdiffeq odeint_adjoint",
@@ -91,20 +109,29 @@ TARGETS = (
         limit=1 / 7,
         pairs=(("odejax/backsolve", "torchdiffeq/adjoint"),),
         faster=True,
+        issue=3,
     ),
-    Target("seminorm: ≥ 30% fewer backward nfe", ("seminorm",), "seminorm_nfe", limit=0.7),
-    Target("seminorm: gradients within 1e-3 relative", ("seminorm",), "seminorm_grad", limit=1e-3),
+    Target("seminorm: ≥ 30% fewer backward nfe", ("seminorm",), "seminorm_nfe", limit=0.7, issue=3),
+    Target(
+        "seminorm: gradients within 1e-3 relative",
+        ("seminorm",),
+        "seminorm_grad",
+        limit=1e-3,
+        issue=3,
+    ),
     Target(
         "memory: backsolve temp at max_steps 1e5 ≤ 1.05× at 1e3",
         ("memory",),
         "memory_growth",
         limit=1.05,
+        issue=3,
     ),
     Target(
         "memory: checkpoint temp ≤ Diffrax RecursiveCheckpointAdjoint's (same max_steps)",
         ("memory",),
         "memory_vs",
         limit=1.0,
+        issue=3,
     ),
     Target(
         "cubic_spiral: step ≥ 20× faster than torchdiffeq",
@@ -116,6 +143,7 @@ TARGETS = (
             ("odejax/checkpoint", "torchdiffeq/direct"),
         ),
         faster=True,
+        issue=4,
     ),
     Target(
         "cubic_spiral: step ≤ 0.8× Diffrax (same adjoint kind)",
@@ -123,6 +151,21 @@ TARGETS = (
         "grad_steady",
         limit=0.8,
         pairs=(_BS, _CP),
+        issue=4,
+    ),
+    Target(
+        "ensemble: per-device loops ≤ 0.7× sharded jit(vmap) (4 simulated CPU devices)",
+        ("ensemble",),
+        "ensemble",
+        limit=0.7,
+        issue=7,
+    ),
+    Target(
+        "ensemble: scaling from 1 to 2 real cores reported",
+        ("ensemble",),
+        "scaling",
+        limit=float("inf"),
+        issue=7,
     ),
 )
 
@@ -216,10 +259,33 @@ def _memory_verdicts(target: Target, memory: list[MemoryResult]) -> list[Verdict
     return out
 
 
+def _ensemble_verdicts(target: Target, runs: list[dict]) -> list[Verdict]:
+    out = []
+    if target.metric == "ensemble":
+        for r in runs:
+            if r["devices"] != 4:
+                continue
+            for layout, lay in r["layouts"].items():
+                ratio = lay["time_s"]["ensemble"] / lay["time_s"]["jit_vmap"]
+                out.append(
+                    Verdict(target.text, f"{layout} layout", f"{ratio:.2f}×", ratio <= target.limit)
+                )
+        return out
+    pinned = {r["devices"]: r for r in runs if r["cores"] != "all"}
+    if 1 in pinned and 2 in pinned:
+        for layout in pinned[1]["layouts"]:
+            one, two = (pinned[n]["layouts"][layout]["time_s"] for n in (1, 2))
+            speedup = one["ensemble"] / two["ensemble"]
+            vmap = one["jit_vmap"] / two["jit_vmap"]
+            text = f"ensemble {speedup:.2f}×, jit(vmap) {vmap:.2f}× (ideal 2×)"
+            out.append(Verdict(target.text, f"{layout} layout", text, True))
+    return out
+
+
 def evaluate(run: Run) -> list[Verdict]:
     """Every target on every case where both sides were measured."""
     verdicts = []
-    index = {(r.workload, r.solver, r.impl): r for r in run.results}
+    index = {(r.workload, r.problem, r.solver, r.impl): r for r in run.results}
     for target in TARGETS:
         if target.metric == "overhead":
             verdicts += [
@@ -227,6 +293,8 @@ def evaluate(run: Run) -> list[Verdict]:
                 for o in run.overhead
                 if o.impl == BASE
             ]
+        elif target.metric in ("ensemble", "scaling"):
+            verdicts += _ensemble_verdicts(target, run.ensemble)
         elif target.metric.startswith("grad_"):
             verdicts += _grad_verdicts(target, run.grads)
         elif target.metric.startswith("memory_"):
@@ -258,8 +326,8 @@ def evaluate(run: Run) -> list[Verdict]:
                 if s.seminorm and s.grad_rel_diff is not None
             ]
         else:
-            for (workload, solver, impl), ours in index.items():
-                peer = index.get((workload, solver, target.peer))
+            for (workload, problem, solver, impl), ours in index.items():
+                peer = index.get((workload, problem, solver, target.peer))
                 if impl != BASE or workload not in target.workloads or peer is None:
                     continue
                 checked = _check(target, ours, peer)
@@ -268,20 +336,21 @@ def evaluate(run: Run) -> list[Verdict]:
     return verdicts
 
 
-def summary(verdicts: list[Verdict], workloads: list[str]) -> list[tuple[str, str, str]]:
-    """One row per target of the workloads run: ``(target, met, measured)``; ``met`` is ✓ when
-    every case meets it, ✗ when none does, "✗ (partly)" in between, and "—" when nothing could
-    be measured (a peer missing)."""
+def summary(verdicts: list[Verdict], workloads: list[str]) -> list[tuple[str, str, str, str]]:
+    """One row per target of the workloads run: ``(issue, target, met, measured)``; ``met`` is ✓
+    when every case meets it, ✗ when none does, "✗ (partly)" in between, and "—" when nothing
+    could be measured (a peer missing)."""
     rows = []
     for target in TARGETS:
         if not set(target.workloads) & set(workloads):
             continue
         mine = [v for v in verdicts if v.target == target.text]
         if not mine:
-            rows.append((target.text, "—", "not measured (an implementation is missing)"))
+            missing = "not measured (an implementation is missing)"
+            rows.append((f"#{target.issue}", target.text, "—", missing))
             continue
         met = sum(v.ok for v in mine)
         mark = "✓" if met == len(mine) else "✗" if met == 0 else "✗ (partly)"
         measured = "; ".join(f"{v.case} {v.measured} {'✓' if v.ok else '✗'}" for v in mine)
-        rows.append((target.text, mark, measured))
+        rows.append((f"#{target.issue}", target.text, mark, measured))
     return rows

@@ -38,9 +38,14 @@ class Settings:
         min_sample_s: each steady sample loops over enough calls to last at least this long.
         grad_first_call_repeats: fresh compilations per implementation in the gradient and
             training workloads (each takes seconds).
-        grad_warmup: compile and run each gradient or training step once, untimed, before the
-            first-call samples (else the first sample also pays one-off costs).
+        grad_warmup: compile and run each call once, untimed, before the first-call samples
+            (else the first build is the only sample and also pays one-off costs).
         memory_max_steps: the ``max_steps`` of the ``memory`` workload.
+        max_name_s: a call slower than this per sample budget (seconds, all samples of one
+            name together) gets fewer samples, but at least 3 (torch's adjoint at tight
+            tolerances takes seconds per call).
+        precision_rounds: steady samples per point of the work-precision diagrams.
+        ensemble_repeats: timed calls per implementation in the ``ensemble`` workload.
     """
 
     first_call_repeats: int
@@ -49,6 +54,9 @@ class Settings:
     grad_first_call_repeats: int
     grad_warmup: bool
     memory_max_steps: tuple[int, ...]
+    max_name_s: float
+    precision_rounds: int
+    ensemble_repeats: int
 
 
 QUICK = Settings(
@@ -58,6 +66,9 @@ QUICK = Settings(
     grad_first_call_repeats=1,
     grad_warmup=False,
     memory_max_steps=(1000, 100_000),
+    max_name_s=3.0,
+    precision_rounds=3,
+    ensemble_repeats=5,
 )
 FULL = Settings(
     first_call_repeats=5,
@@ -66,6 +77,9 @@ FULL = Settings(
     grad_first_call_repeats=3,
     grad_warmup=True,
     memory_max_steps=(1000, 10_000, 100_000),
+    max_name_s=30.0,
+    precision_rounds=7,
+    ensemble_repeats=15,
 )
 
 
@@ -148,21 +162,27 @@ def steady_times(calls: dict[str, Callable[[], Any]], settings: Settings) -> dic
     Each function is warmed up, then called in a loop long enough to last
     ``settings.min_sample_s`` (the count is fixed per function from the warm-up), blocking on its
     result every call; ``settings.rounds`` such samples are taken round-robin, with the garbage
-    collector off.
+    collector off. A name whose samples would together take longer than ``settings.max_name_s``
+    is sampled in the first rounds only (at least 3), so one very slow call cannot take over the
+    run; its samples are still interleaved with the others'.
     """
-    number = {}
+    number, rounds = {}, {}
     for name, call in calls.items():
         _run(call)
         start = time.perf_counter()
         _run(call)
         once = max(time.perf_counter() - start, 1e-7)
         number[name] = max(1, math.ceil(settings.min_sample_s / once))
+        per_sample = number[name] * once
+        rounds[name] = min(settings.rounds, max(3, int(settings.max_name_s / per_sample)))
     samples: dict[str, list[float]] = {name: [] for name in calls}
     gc_was_enabled = gc.isenabled()
     gc.disable()
     try:
-        for _ in range(settings.rounds):
+        for i in range(settings.rounds):
             for name, call in calls.items():
+                if i >= rounds[name]:
+                    continue
                 start = time.perf_counter()
                 for _ in range(number[name]):
                     _run(call)

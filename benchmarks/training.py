@@ -157,7 +157,7 @@ def _jax_step(spec: TrainSpec, label: str) -> Callable[[], Callable[[], Any]]:
         def step(params, opt_state, y0, ts, target):
             (value, steps), grads = jax.value_and_grad(loss, has_aux=True)(params, y0, ts, target)
             updates, opt_state = opt.update(grads, opt_state, params)
-            return optax.apply_updates(params, updates), opt_state, value, steps
+            return optax.apply_updates(params, updates), opt_state, value, steps, grads
 
         params, opt_state, y0, ts, target = _jax_inputs(spec)
         return lambda: step(params, opt_state, y0, ts, target)
@@ -202,19 +202,71 @@ def _torch_step(spec: TrainSpec, adjoint: bool) -> Callable[[], Callable[[], Any
             loss = torch.mean(diff**2) if spec.loss == "mse" else torch.mean(torch.abs(diff))
             loss.backward()
             opt.step()
-            return loss.item(), (nfe - 2) / 6
+            layers = [m for m in func.net if isinstance(m, torch.nn.Linear)]
+            grads = [(m.weight.grad.numpy().T.copy(), m.bias.grad.numpy().copy()) for m in layers]
+            return loss.item(), (nfe - 2) / 6, grads
 
         return call
 
     return build
 
 
-def _summarize_step(label: str, out) -> dict:
+def _summarize_step(spec: TrainSpec, label: str, out) -> dict:
     if label.startswith("torchdiffeq/"):
-        loss, steps = out
-        return {"loss": loss, "steps": steps}
-    _, _, loss, steps = out
-    return {"loss": float(loss), "steps": steps_or_none(steps)}
+        loss, steps, grads = out
+    else:
+        _, _, loss, steps, grads = out
+        steps = steps_or_none(steps)
+    ref_loss, ref_grads = reference_gradient(spec)
+    g = np.concatenate([np.ravel(np.asarray(x, np.float64)) for x in jax.tree.leaves(grads)])
+    g_ref = np.concatenate([np.ravel(x) for x in jax.tree.leaves(ref_grads)])
+    return {
+        "loss": float(loss),
+        "steps": steps,
+        "rel_error": float(np.linalg.norm(g - g_ref) / np.linalg.norm(g_ref)),
+        "loss_error": abs(float(loss) - ref_loss) / abs(ref_loss),
+    }
+
+
+REFERENCE_SUBSTEPS = 200  # RK4 steps per save interval of the reference gradient
+
+
+@functools.cache
+def reference_gradient(spec: TrainSpec) -> tuple[float, list]:
+    """The loss and its gradient at the starting parameters, independent of every library timed:
+    fixed-step RK4 (:data:`REFERENCE_SUBSTEPS` steps per save interval) in float64,
+    differentiated by JAX. Its error is far below float32 rounding."""
+    params, y0, ts, target = data(spec)
+    with jax.enable_x64(True):
+        f64 = lambda x: jnp.asarray(x, jnp.float64)  # noqa: E731
+        params = jax.tree.map(f64, params)
+        y0, ts, target = f64(y0), f64(ts), f64(target)
+        cube = spec.cube
+
+        def f(z, p):
+            return jax.vmap(lambda row: mlp(p, row**3 if cube else row))(z)
+
+        def loss(p):
+            def interval(z, bounds):
+                t0, t1 = bounds
+                h = (t1 - t0) / REFERENCE_SUBSTEPS
+
+                def step(z, _):
+                    k1 = f(z, p)
+                    k2 = f(z + h / 2 * k1, p)
+                    k3 = f(z + h / 2 * k2, p)
+                    k4 = f(z + h * k3, p)
+                    return z + h / 6 * (k1 + 2 * k2 + 2 * k3 + k4), None
+
+                z, _ = jax.lax.scan(step, z, None, length=REFERENCE_SUBSTEPS)
+                return z, z
+
+            _, zs = jax.lax.scan(interval, y0, (ts[:-1], ts[1:]))
+            zs = jnp.concatenate([y0[None], zs])
+            return _jax_loss(spec, zs[-1] if spec.final_only else zs, target)
+
+        value, grads = jax.jit(jax.value_and_grad(loss))(params)
+        return float(value), jax.tree.map(np.asarray, grads)
 
 
 def _builders(spec: TrainSpec) -> dict[str, Callable[[], Callable[[], Any]]]:
@@ -243,7 +295,9 @@ def measure_training(
     with jax.enable_x64(False):
         variants = variants_for(_builders(spec), impls, log)
         jax.block_until_ready(_jax_inputs(spec))  # made before any timing
-        return measure_variants(spec.name, variants, settings, log, _summarize_step)
+        reference_gradient(spec)  # computed before any timing
+        summarize = functools.partial(_summarize_step, spec)
+        return measure_variants(spec.name, variants, settings, log, summarize)
 
 
 # --- seminorm ----------------------------------------------------------------------------------

@@ -7,6 +7,7 @@ gradient workloads live in :mod:`benchmarks.gradients` and :mod:`benchmarks.trai
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 
 import jax
@@ -15,27 +16,51 @@ import numpy as np
 from .adapters import Adapter
 from .baseline import build_rk4
 from .counting import Counter
-from .problems import LOTKA_VOLTERRA, VAN_DER_POL, VAN_DER_POL_BATCH, Case, reference
+from .problems import DETEST, LOTKA_VOLTERRA, VAN_DER_POL, VAN_DER_POL_BATCH, Case, reference
 from .records import OverheadResult, Result
-from .timing import Settings, first_call_times, steady_times
+from .timing import Settings, Timing, first_call_times, steady_times
 
-__all__ = ["CASES", "WORKLOADS", "OverheadResult", "Result", "measure_case", "measure_overhead"]
+__all__ = [
+    "CASES",
+    "QUICK_CASES",
+    "WORKLOADS",
+    "OverheadResult",
+    "Result",
+    "measure_case",
+    "measure_overhead",
+]
 
 SOLVERS = ("tsit5", "dopri5")
 CASES: dict[str, tuple[Case, ...]] = {
     "vdp": tuple(Case(VAN_DER_POL, s) for s in SOLVERS),
     "lv": tuple(Case(LOTKA_VOLTERRA, s) for s in SOLVERS),
     "vmap": tuple(Case(VAN_DER_POL_BATCH, s) for s in SOLVERS),
+    "detest": tuple(Case(p, s) for p in DETEST for s in SOLVERS),
 }
-WORKLOADS = (*CASES, "overhead", "grad_vdp", "memory", "train_node", "seminorm", "cubic_spiral")
+QUICK_CASES: dict[str, tuple[Case, ...]] = {  # --quick: DETEST with dopri5 only
+    "detest": tuple(Case(p, "dopri5") for p in DETEST),
+}
+WORKLOADS = (
+    *CASES,
+    "overhead",
+    "precision",
+    "grad_vdp",
+    "memory",
+    "train_node",
+    "seminorm",
+    "cubic_spiral",
+    "ensemble",
+    "stiff",
+)
 BASE = "odejax"  # ratios are this implementation's figure over the other's
 
 
 def _compiled(
-    adapters: list[Adapter], cases: dict[str, Case], log
+    adapters: list[Adapter], cases: dict[str, Case], log, times: dict | None = None
 ) -> tuple[dict[str, Callable], dict[str, object]]:
     """Build, compile and run each adapter on its case once (the warm-up), keeping those that
-    support the case and do not fail. Returns the calls and their outputs, by name."""
+    support the case and do not fail. Returns the calls and their outputs, by name; ``times``,
+    if given, receives the seconds each took from building to the ready result."""
     calls, outputs = {}, {}
     for adapter in adapters:
         case = cases[adapter.name]
@@ -44,8 +69,11 @@ def _compiled(
             log(f"  note: {adapter.name} {reason}; skipped")
             continue
         try:
+            start = time.perf_counter()
             call = adapter.build(case)
             outputs[adapter.name] = jax.block_until_ready(call())
+            if times is not None:
+                times[adapter.name] = time.perf_counter() - start
         except Exception as e:  # a broken implementation must not end the run
             log(
                 f"{adapter.name} failed on {case.problem.name}/{case.solver}: {e!r:.300}", keep=True
@@ -79,13 +107,17 @@ def measure_case(
 
     ``log(message, keep=False)`` reports progress; ``keep=True`` marks a note for the report.
     """
-    calls, outputs = _compiled(adapters, {a.name: case for a in adapters}, log)
+    warmup: dict[str, float] = {}
+    calls, outputs = _compiled(adapters, {a.name: case for a in adapters}, log, warmup)
     adapters = [a for a in adapters if a.name in calls]
     if not adapters:
         return []
-    first = first_call_times(
-        {a.name: (lambda a=a: a.build(case)) for a in adapters}, settings.first_call_repeats
-    )
+    if settings.grad_warmup:
+        first = first_call_times(
+            {a.name: (lambda a=a: a.build(case)) for a in adapters}, settings.first_call_repeats
+        )
+    else:  # quick: the first build is the one sample (one-off costs included)
+        first = {name: Timing.of([t]) for name, t in warmup.items()}
     steady = steady_times(calls, settings)
     ref = reference(case.problem)
     results = []
@@ -97,6 +129,7 @@ def measure_case(
         results.append(
             Result(
                 workload=workload,
+                problem=case.problem.name,
                 solver=case.solver,
                 impl=adapter.name,
                 steady_s=steady[adapter.name].median,
@@ -117,27 +150,33 @@ def measure_case(
 
 
 def measure_overhead(adapters: list[Adapter], settings: Settings, log) -> list[OverheadResult]:
-    """Per-evaluation time on ``vdp`` of each JAX solver (tsit5 where offered) and of RK4."""
+    """Per-evaluation time on ``vdp`` of each JAX solver (each method it offers) and of RK4."""
     adapters = [a for a in adapters if not a.host]
     cases = {
-        a.name: Case(VAN_DER_POL, "tsit5" if "tsit5" in a.solvers else "dopri5") for a in adapters
+        f"{a.name}/{s}": (a, Case(VAN_DER_POL, s))
+        for a in adapters
+        for s in SOLVERS
+        if s in a.solvers
     }
-    calls, _ = _compiled(adapters, cases, log)
-    cases = {name: case for name, case in cases.items() if name in calls}
-    by_name = {a.name: a for a in adapters}
-    nfe = {name: count_nfe(by_name[name], case) for name, case in cases.items()}
-    rk4_steps = {name: max(1, round(n / 4)) for name, n in nfe.items()}
-    for name in cases:
-        calls[f"rk4/{name}"] = build_rk4(VAN_DER_POL, rk4_steps[name])
+    calls: dict[str, Callable] = {}
+    for key, (adapter, case) in cases.items():
+        built, _ = _compiled([adapter], {adapter.name: case}, log)
+        if adapter.name in built:
+            calls[key] = built[adapter.name]
+    cases = {key: value for key, value in cases.items() if key in calls}
+    nfe = {key: count_nfe(adapter, case) for key, (adapter, case) in cases.items()}
+    rk4_steps = {key: max(1, round(n / 4)) for key, n in nfe.items()}
+    for key in cases:
+        calls[f"rk4/{key}"] = build_rk4(VAN_DER_POL, rk4_steps[key])
     steady = steady_times(calls, settings)
     return [
         OverheadResult(
-            impl=name,
+            impl=adapter.name,
             solver=case.solver,
-            nfe=nfe[name],
-            steady_s=steady[name].median,
-            rk4_steps=rk4_steps[name],
-            rk4_steady_s=steady[f"rk4/{name}"].median,
+            nfe=nfe[key],
+            steady_s=steady[key].median,
+            rk4_steps=rk4_steps[key],
+            rk4_steady_s=steady[f"rk4/{key}"].median,
         )
-        for name, case in cases.items()
+        for key, (adapter, case) in cases.items()
     ]

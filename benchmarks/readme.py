@@ -1,0 +1,62 @@
+"""Copy the latest run's tables into ``benchmarks/README.md``: ``python -m benchmarks.readme``.
+
+The README's numbers are never typed by hand: the blocks between ``<!-- BEGIN name -->`` and
+``<!-- END name -->`` are replaced, ``targets`` by the run's targets table and ``run`` by the
+whole report (``results.md``, headings moved two levels down, links made relative to the
+README). Everything outside the markers is left alone.
+"""
+
+from __future__ import annotations
+
+import argparse
+import re
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+README = HERE / "README.md"
+
+
+def _block(text: str, name: str, body: str) -> str:
+    pattern = re.compile(rf"(<!-- BEGIN {name} -->\n).*?(\n<!-- END {name} -->)", flags=re.DOTALL)
+    if not pattern.search(text):
+        raise SystemExit(f"README.md has no <!-- BEGIN {name} --> … <!-- END {name} --> block")
+    return pattern.sub(lambda m: m.group(1) + body.strip("\n") + m.group(2), text)
+
+
+def _relink(report: str, results: Path) -> str:
+    """Links in ``results.md`` are relative to it; make them relative to the README."""
+    prefix = results.resolve().relative_to(HERE).as_posix()
+
+    def fix(m: re.Match) -> str:
+        target = m.group(2)
+        if "://" in target or target.startswith(("#", "/")):
+            return m.group(0)
+        return f"{m.group(1)}({prefix}/{target})"
+
+    return re.sub(r"(!?\[[^\]]*\])\(([^)\s]+)\)", fix, report)
+
+
+def _section(report: str, title: str) -> str:
+    """The body of ``## title`` in the report (up to the next ``## ``)."""
+    m = re.search(rf"^## {re.escape(title)}\n(.*?)(?=^## |\Z)", report, flags=re.M | re.DOTALL)
+    return m.group(1).strip() if m else ""
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.readme", description=__doc__)
+    parser.add_argument("--results", type=Path, default=HERE / "results", help="run's folder")
+    args = parser.parse_args(argv)
+    report = _relink((args.results / "results.md").read_text(), args.results)
+    header = report.split("\n## ", 1)[0].split("\n", 1)[1].strip()
+    targets = _section(report, "Targets")
+    body = re.sub(r"^(#+) ", lambda m: "#" * (len(m.group(1)) + 1) + " ", report, flags=re.M)
+    body = body.split("\n", 1)[1].strip()  # drop the report's own title
+    text = README.read_text()
+    text = _block(text, "targets", header + "\n\n" + targets)
+    text = _block(text, "run", body)
+    README.write_text(text)
+    print(f"updated {README} from {args.results / 'results.md'}")
+
+
+if __name__ == "__main__":
+    main()
