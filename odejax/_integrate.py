@@ -25,6 +25,7 @@ an event and with an explicit solver the compiled loop is exactly the plain one.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import NamedTuple
 
 import equinox as eqx
@@ -110,6 +111,17 @@ def flatten_tol(tol, z0, dtype):
     return ravel_pytree(full)[0]
 
 
+def _identity(x):
+    return x
+
+
+def flatten(tree) -> tuple[Array, Callable]:
+    """``ravel_pytree``, with a fast path for a state that is already one 1-D array."""
+    if isinstance(tree, jax.Array) and tree.ndim == 1:
+        return tree, _identity
+    return ravel_pytree(tree)
+
+
 _STIFF_STEPS = {"esdirk": esdirk_step, "rosenbrock": rosenbrock_step}
 
 
@@ -121,7 +133,7 @@ def _check_differentiable(solver, fn, t0, z):
         raise ValueError(
             f"solver={solver.name!r} is implicit and needs the Jacobian of f by forward-mode"
             " autodiff (jax.jvp), but f cannot be differentiated that way: "
-            f"{type(e).__name__}: {e}\\nMake f differentiable (e.g. wrap host callbacks in"
+            f"{type(e).__name__}: {e}\nMake f differentiable (e.g. wrap host callbacks in"
             " jax.custom_jvp; custom_vjp functions support reverse mode only), or use an"
             " explicit solver such as 'tsit5'."
         ) from e
@@ -140,12 +152,12 @@ def integrate(f, z0, t0, t1, ts, args, opts: Options, static: Static, event=None
     has_event = event is not None
     rtol, atol, dt0, dtmin, dtmax = opts
     save_ts = ts is not None
-    z_flat, unravel = ravel_pytree(z0)
+    z_flat, unravel = flatten(z0)
     dtype = z_flat.dtype
     tdtype = t0.dtype
 
     def fn(t, y):
-        return ravel_pytree(f(unravel(y), t, args))[0].astype(dtype)
+        return flatten(f(unravel(y), t, args))[0].astype(dtype)
 
     direction = jnp.where(t1 >= t0, 1, -1).astype(tdtype)
     rtol, atol = _checks.check_tolerances(rtol, atol)

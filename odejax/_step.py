@@ -12,7 +12,7 @@ from typing import NamedTuple
 
 import jax.numpy as jnp
 import numpy as np
-from jax import Array
+from jax import Array, lax
 
 from ._tableau import Solver
 
@@ -22,14 +22,18 @@ FlatField = Callable[[Array, Array], Array]  # fn(t, z) -> dz/dt, z of shape (n,
 
 
 def lincomb(coeffs: Sequence[float], ks: Sequence[Array]) -> Array | None:
-    """``Σ_i coeffs[i] * ks[i]`` over the non-zero coefficients (``None`` if all are zero)."""
+    """``Σ_i coeffs[i] * ks[i]`` over the non-zero coefficients (``None`` if all are zero).
+
+    Built from ``lax`` primitives with constants of the stages' dtype: no dtype promotion to
+    work out at trace time (this is the bulk of a step's tracing).
+    """
     out = None
     for c, k in zip(coeffs, ks):
         c = float(c)
         if c == 0.0:
             continue
-        term = k if c == 1.0 else c * k
-        out = term if out is None else out + term
+        term = k if c == 1.0 else lax.mul(k, np.asarray(c, k.dtype))
+        out = term if out is None else lax.add(out, term)
     return out
 
 
