@@ -9,6 +9,7 @@ README). Everything outside the markers is left alone.
 from __future__ import annotations
 
 import argparse
+import os
 import re
 from pathlib import Path
 
@@ -25,7 +26,7 @@ def _block(text: str, name: str, body: str) -> str:
 
 def _relink(report: str, results: Path) -> str:
     """Links in ``results.md`` are relative to it; make them relative to the README."""
-    prefix = results.resolve().relative_to(HERE).as_posix()
+    prefix = Path(os.path.relpath(results.resolve(), HERE)).as_posix()
 
     def fix(m: re.Match) -> str:
         target = m.group(2)
@@ -45,17 +46,20 @@ def _section(report: str, title: str) -> str:
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.readme", description=__doc__)
     parser.add_argument("--results", type=Path, default=HERE / "results", help="run's folder")
+    parser.add_argument("--readme", type=Path, default=README, help="file to update")
     args = parser.parse_args(argv)
     report = _relink((args.results / "results.md").read_text(), args.results)
-    header = report.split("\n## ", 1)[0].split("\n", 1)[1].strip()
+    header = report.split("\n## ", 1)[0].splitlines()
+    keep = ("- Command:", "- Machine:", "- Note: the machine was busy")
+    header = "\n".join(line for line in header if line.startswith(keep))
     targets = _section(report, "Targets")
     body = re.sub(r"^(#+) ", lambda m: "#" * (len(m.group(1)) + 1) + " ", report, flags=re.M)
     body = body.split("\n", 1)[1].strip()  # drop the report's own title
-    text = README.read_text()
+    text = args.readme.read_text()
     text = _block(text, "targets", header + "\n\n" + targets)
     text = _block(text, "run", body)
-    README.write_text(text)
-    print(f"updated {README} from {args.results / 'results.md'}")
+    args.readme.write_text(text)
+    print(f"updated {args.readme} from {args.results / 'results.md'}")
 
 
 if __name__ == "__main__":

@@ -88,13 +88,17 @@ def _run_child(label: str, max_steps: int | None) -> dict:
     return json.loads([x for x in proc.stdout.splitlines() if x.startswith("{")][-1])
 
 
+QUICK_LABELS = ("odejax/backsolve", "odejax/checkpoint", "diffrax/checkpoint")
+
+
 def measure_rss(
-    impls: Sequence[str], max_steps: Sequence[int], log, workers: int = 2
+    impls: Sequence[str], max_steps: Sequence[int], log, quick: bool = False, workers: int = 2
 ) -> list[RssResult]:
-    """Peak RSS of each gradient method (and each ``max_steps`` where the library takes one)."""
+    """Peak RSS of each gradient method (and each ``max_steps`` where the library takes one);
+    ``quick``: :data:`QUICK_LABELS` only."""
     jobs = []
     missing = set()
-    for label in RSS_LABELS:
+    for label in QUICK_LABELS if quick else RSS_LABELS:
         impl = METHODS[label][0]
         if impl not in impls:
             continue

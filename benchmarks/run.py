@@ -116,7 +116,7 @@ def main(argv: list[str] | None = None) -> None:
             run.memory = measure_memory(available, settings, log)
             log("  peak RSS of subprocesses ...")
             sizes = settings.memory_max_steps if not args.quick else settings.memory_max_steps[-1:]
-            run.rss = measure_rss(impls, sizes, log)
+            run.rss = measure_rss(impls, sizes, log, quick=args.quick)
         elif workload == "precision":
             run.precision = measure_precision(adapters, settings, args.quick, log)
             for path in plot_precision(run.precision, args.out, log):

@@ -310,7 +310,7 @@ def evaluate(run: Run) -> list[Verdict]:
                     Verdict(
                         target.text,
                         case,
-                        f"{1 - ratio:+.0%} fewer ({s.backward_nfe} vs {full.backward_nfe})",
+                        f"{s.backward_nfe} vs {full.backward_nfe} ({ratio - 1:+.0%})",
                         ratio <= target.limit,
                     )
                 )
@@ -341,7 +341,7 @@ def summary(verdicts: list[Verdict], workloads: list[str]) -> list[tuple[str, st
     when every case meets it, ✗ when none does, "✗ (partly)" in between, and "—" when nothing
     could be measured (a peer missing)."""
     rows = []
-    for target in TARGETS:
+    for target in sorted(TARGETS, key=lambda t: t.issue):
         if not set(target.workloads) & set(workloads):
             continue
         mine = [v for v in verdicts if v.target == target.text]
