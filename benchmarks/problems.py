@@ -19,6 +19,7 @@ __all__ = [
     "LOTKA_VOLTERRA",
     "VAN_DER_POL",
     "VAN_DER_POL_BATCH",
+    "VAN_DER_POL_T1",
     "Case",
     "Problem",
     "reference",
@@ -123,6 +124,7 @@ VAN_DER_POL_BATCH = Problem(
 )
 
 
+VAN_DER_POL_T1 = dataclasses.replace(VAN_DER_POL, name="vdp_t1", num_saves=1)  # `overhead` only
 _E = 0.7  # D4's eccentricity
 _D4_Z0 = (1 - _E, 0.0, 0.0, ((1 + _E) / (1 - _E)) ** 0.5)
 DETEST = (

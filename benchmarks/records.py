@@ -43,7 +43,11 @@ class Result:
 
 @dataclasses.dataclass
 class OverheadResult:
-    """Time per vector-field evaluation of one solver and of RK4 making as many evaluations."""
+    """Time per vector-field evaluation of one solver and of RK4 making as many evaluations.
+
+    ``saves``: ``"101"`` for the ``vdp`` workload as specified (101 save times), ``"t1"`` for
+    the same solve saving only the final state (what the step loop costs without saving).
+    """
 
     impl: str
     solver: str
@@ -51,6 +55,7 @@ class OverheadResult:
     steady_s: float
     rk4_steps: int
     rk4_steady_s: float
+    saves: str = "101"
 
     @property
     def per_eval_s(self) -> float:

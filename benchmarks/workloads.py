@@ -16,7 +16,15 @@ import numpy as np
 from .adapters import Adapter
 from .baseline import build_rk4
 from .counting import Counter
-from .problems import DETEST, LOTKA_VOLTERRA, VAN_DER_POL, VAN_DER_POL_BATCH, Case, reference
+from .problems import (
+    DETEST,
+    LOTKA_VOLTERRA,
+    VAN_DER_POL,
+    VAN_DER_POL_BATCH,
+    VAN_DER_POL_T1,
+    Case,
+    reference,
+)
 from .records import OverheadResult, Result
 from .timing import Settings, Timing, first_call_times, steady_times
 
@@ -150,10 +158,12 @@ def measure_case(
 
 
 def measure_overhead(adapters: list[Adapter], settings: Settings, log) -> list[OverheadResult]:
-    """Per-evaluation time on ``vdp`` of each JAX solver (each method it offers) and of RK4."""
+    """Per-evaluation time on ``vdp`` of each JAX solver (each method it offers) and of RK4,
+    saving at the 101 times of ``vdp`` and, for comparison, at t1 only."""
     adapters = [a for a in adapters if not a.host]
     cases = {
-        f"{a.name}/{s}": (a, Case(VAN_DER_POL, s))
+        f"{a.name}/{s}/{saves}": (a, Case(problem, s))
+        for saves, problem in (("101", VAN_DER_POL), ("t1", VAN_DER_POL_T1))
         for a in adapters
         for s in SOLVERS
         if s in a.solvers
@@ -177,6 +187,7 @@ def measure_overhead(adapters: list[Adapter], settings: Settings, log) -> list[O
             steady_s=steady[key].median,
             rk4_steps=rk4_steps[key],
             rk4_steady_s=steady[f"rk4/{key}"].median,
+            saves=key.rsplit("/", 1)[1],
         )
         for key, (adapter, case) in cases.items()
     ]
