@@ -11,6 +11,7 @@ files. If the script is missing or fails, the run goes on with a note.
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -64,5 +65,5 @@ def run(quick: bool, out_dir: Path, log) -> dict:
     if links:
         summary += " Its results: " + ", ".join(links) + "."
     if stdout.lstrip().startswith(("#", "|", "-")) or "\n|" in stdout:
-        summary += "\n\n" + stdout.replace("\n# ", "\n### ").replace("\n## ", "\n### ")
+        summary += "\n\n" + re.sub(r"^#{1,2} ", "### ", stdout, flags=re.M)
     return {"status": "ok", "command": command, "summary": summary, "stdout_tail": stdout[-4000:]}
