@@ -78,7 +78,7 @@ FULL = Settings(
     grad_warmup=True,
     memory_max_steps=(1000, 10_000, 100_000),
     max_name_s=15.0,
-    precision_rounds=5,
+    precision_rounds=3,
     ensemble_repeats=10,
 )
 
