@@ -415,7 +415,7 @@ def markdown(env: dict, adapters: list[Adapter], run: Run, verdicts, workloads) 
         lines += ["", "### Peak RSS of a subprocess", "", _rss_table(run.rss), "", RSS_LEGEND]
     if run.ensemble:
         lines += ["", "## Ensemble across devices (`ensemble`)", ""]
-        lines += [ensemble_table(run.ensemble, "python -m benchmarks.run --workload ensemble")]
+        lines += [ensemble_table(run.ensemble, env["command"])]
         lines += ["", ENSEMBLE_LEGEND]
     if run.stiff:
         lines += ["", "## Stiff problems (`stiff`)", "", run.stiff.get("summary", "")]
