@@ -12,6 +12,7 @@ one ``equinox.filter_jit``-compiled step per batch ``b_k``.
 
 from __future__ import annotations
 
+import functools
 import inspect
 import time
 from collections.abc import Callable, Iterable
@@ -114,7 +115,9 @@ def fit(
         batches: either an iterable of batches (any pytrees; training stops early when it runs
             out), or a callable ``key -> batch`` run under ``equinox.filter_jit`` with a fresh
             key each step (a JAX-traceable sampler; needs ``key`` and ``steps``).
-        optimizer: an ``optax.GradientTransformation`` (default ``optax.adam(1e-3)``).
+        optimizer: an ``optax.GradientTransformation`` (default ``optax.adam(1e-3)``). The
+            compiled step is cached on ``(loss_fn, optimizer)``: pass the same objects to train
+            several models of one structure (e.g. one per setting) with a single compilation.
         steps: number of optimisation steps (default: until ``batches`` is exhausted).
         key: a ``jax.random`` key, split each step into a batch key (callable ``batches``) and a
             key for ``loss_fn`` (if it takes one).
@@ -147,7 +150,7 @@ def fit(
     source = _batch_source(batches, key, steps)
 
     def call_loss(m, batch, k):
-        return loss_fn(m, batch, k) if with_key else loss_fn(m, batch)
+        return _call_loss(loss_fn, with_key, m, batch, k)
 
     opt_state = optimizer.init(eqx.filter(model, eqx.is_inexact_array))
     history: dict[str, list] = {"step": [], "loss": [], "nfe": [], "time": []}
@@ -160,7 +163,7 @@ def fit(
             if step_fn is None:
                 out = eqx.filter_eval_shape(call_loss, model, batch, k)
                 has_aux = isinstance(out, tuple)
-                step_fn = _make_step(call_loss, optimizer, has_aux)
+                step_fn = _make_step(loss_fn, with_key, optimizer, has_aux)
             start = time.perf_counter()
             model, opt_state, loss, aux = step_fn(model, opt_state, batch, k)
             loss = float(loss)  # waits for the step
@@ -188,9 +191,22 @@ def fit(
     return model, history
 
 
-def _make_step(call_loss, optimizer, has_aux: bool):
+def _call_loss(loss_fn, with_key: bool, m, batch, k):
+    return loss_fn(m, batch, k) if with_key else loss_fn(m, batch)
+
+
+def _make_step(loss_fn, with_key: bool, optimizer, has_aux: bool):
+    """The jitted training step, cached: repeated ``fit`` calls with the same ``loss_fn`` and
+    ``optimizer`` objects (e.g. one model per setting in a loop) reuse its compilation."""
+    try:
+        return _cached_step(loss_fn, with_key, optimizer, has_aux)
+    except TypeError:  # an unhashable loss_fn or optimizer: build a fresh step
+        return _build_step(loss_fn, with_key, optimizer, has_aux)
+
+
+def _build_step(loss_fn, with_key: bool, optimizer, has_aux: bool):
     def loss_aux(m, batch, k):
-        out = call_loss(m, batch, k)
+        out = _call_loss(loss_fn, with_key, m, batch, k)
         return out if has_aux else (out, None)
 
     @eqx.filter_jit
@@ -202,6 +218,9 @@ def _make_step(call_loss, optimizer, has_aux: bool):
         return model, opt_state, loss, aux
 
     return step
+
+
+_cached_step = functools.lru_cache(maxsize=8)(_build_step)
 
 
 def save(path, model: Any) -> None:

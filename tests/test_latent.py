@@ -123,3 +123,23 @@ def test_rnn_baseline_trains():
     _, losses, grads = train(rnn, 30, 2e-2, jax.random.key(7))
     check_grads(grads, ("cell", "decoder"))
     assert np.mean(losses[-5:]) < 0.5 * np.mean(losses[:3]), losses
+
+
+def test_batched_loss_matches_per_series_and_rnn_encoder():
+    # A batch on a shared grid is solved as one ODE: the same loss as the per-series ELBOs (the
+    # encoder is independent of the batched solve; the GRU one compiles fastest).
+    key = jax.random.key(8)
+    keys = jax.random.split(key, YS.shape[0])
+    model = small_model(encoder="rnn", rtol=1e-9, atol=1e-9)
+    per_series = [model.elbo(TS, YS[i], MASK[i], keys[i]) for i in range(YS.shape[0])]
+    np.testing.assert_allclose(model.loss(TS, YS, MASK, key), -np.mean(per_series), rtol=1e-6)
+    # The GRU encoder (time gaps as input, no solves) trains and reports no encoder NFE.
+    model = small_model(encoder="rnn", obs_std=0.3)
+    assert model.encoder_field is None
+    _, info = model.elbo_with_stats(TS, YS[0], MASK[0], key)
+    assert int(info["encoder_nfe"]) == 0 and int(info["nfe"]) > 0
+    _, losses, grads = train(model, 30, 2e-2, jax.random.key(9))
+    check_grads(grads, ("encoder_cell", "to_posterior", "latent_field", "decoder"))
+    assert np.mean(losses[-5:]) < 0.5 * np.mean(losses[:3]), losses
+    with pytest.raises(ValueError, match="encoder must be"):
+        small_model(encoder="lstm")

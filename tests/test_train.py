@@ -65,6 +65,21 @@ def test_fit_aux_key_and_callable_batches():
         fit(jnp.zeros(2), quadratic, 3, steps=3, progress=False)
 
 
+def test_fit_reuses_the_compiled_step():
+    traces = []
+
+    def loss(w, b):
+        traces.append(1)  # runs when traced, not when a compiled step runs
+        return jnp.sum((w - b) ** 2)
+
+    opt = optax.sgd(0.1)
+    fit(jnp.zeros(2), loss, [jnp.ones(2)] * 3, optimizer=opt, progress=False)
+    first = len(traces)
+    w, _ = fit(jnp.zeros(2), loss, [jnp.ones(2)] * 3, optimizer=opt, progress=False)
+    assert len(traces) - first < first  # only the shape probe traces again, not the step
+    np.testing.assert_allclose(w, 1 - 0.8**3, rtol=1e-6)
+
+
 def test_fit_cubic_spiral_loss_falls_tenfold():
     ts = jnp.linspace(0.0, 25.0, 1000)
     true_zs = datasets.cubic_spiral(ts)
