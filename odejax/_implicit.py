@@ -264,6 +264,10 @@ def esdirk_step(
             no = jnp.zeros((), bool)
             init = (guess, no, no, jnp.zeros((), jnp.int32), jnp.ones((), z.dtype), eta0)
             zc, done, _, its, _, eta = lax.while_loop(active, iterate, init)
+            # A failed solve (the step is rejected) returns the finite guess: custom_root
+            # differentiates at the returned point, and a diverged (inf/nan) iterate there would
+            # turn the zero cotangent of the rejected step into nan in reverse mode.
+            zc = jnp.where(done, zc, guess)
             # Auxiliary outputs as floats: custom_root gives them zero tangents of their dtype.
             return zc, (done.astype(z.dtype), its.astype(z.dtype), eta)
 

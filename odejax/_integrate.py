@@ -127,8 +127,14 @@ _STIFF_STEPS = {"esdirk": esdirk_step, "rosenbrock": rosenbrock_step}
 
 def _check_differentiable(solver, fn, t0, z):
     """Stiff solvers need ``∂f/∂z`` by forward mode: fail at trace time, naming the cause."""
+
+    def probe(dt, dz):
+        return jax.jvp(fn, (t0, z), (dt, dz))
+
     try:
-        jax.eval_shape(lambda: jax.jvp(fn, (t0, z), (jnp.ones_like(t0), jnp.ones_like(z))))
+        # Batched, as the Jacobian is built: an unbatched jvp of a custom_vjp function passes
+        # jax.eval_shape without complaint.
+        jax.eval_shape(jax.vmap(probe), jnp.ones((1,), t0.dtype), jnp.ones((1, *z.shape), z.dtype))
     except (TypeError, ValueError, NotImplementedError) as e:
         raise ValueError(
             f"solver={solver.name!r} is implicit and needs the Jacobian of f by forward-mode"
