@@ -139,7 +139,10 @@ def fit(
         >>> bool(hist["loss"][-1] < 1e-3)
         True
     """
-    from tqdm.auto import tqdm
+    if progress:
+        from tqdm.auto import tqdm
+    else:  # no bar: skip tqdm.auto's notebook-widget probe (and its IProgress warning)
+        from tqdm import tqdm
 
     if steps is not None and (not isinstance(steps, int) or steps < 0):
         raise ValueError(f"fit: steps must be a non-negative int, got {steps!r}.")
