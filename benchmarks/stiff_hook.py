@@ -1,11 +1,11 @@
 """The ``stiff`` workload of ``benchmarks.run``: runs the stiff benchmark, ``benchmarks/stiff.py``,
 if it is there.
 
-That script is written and maintained separately; it writes its own results
-(``benchmarks/results/stiff*``). Here it is run as ``python -m benchmarks.stiff`` (with
-``--quick`` in a quick run; without it if the script does not take that option) in a
-subprocess, and its printed report is kept for the combined report, with a link to its own
-files. If the script is missing or fails, the run goes on with a note.
+That script is written and maintained separately and writes its own results (``stiff.md``,
+``stiff.json``, plots). Here it is run in a subprocess as ``python -m benchmarks.stiff --out
+OUT`` (with ``--quick`` in a quick run; options the script does not take are dropped), and its
+printed report is kept for the combined report, with links to its files. If the script is
+missing or fails, the run goes on with a note.
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ TIMEOUT_S = 1800
 
 def _links(out_dir: Path) -> list[str]:
     """Relative links to the stiff benchmark's result files next to ``results.md``."""
-    found = sorted({*out_dir.glob("stiff*"), *(HERE / "results").glob("stiff*")})
+    found = sorted(out_dir.glob("stiff*")) or sorted((HERE / "results").glob("stiff*"))
     links = []
     for path in found:
         try:
@@ -40,7 +40,8 @@ def run(quick: bool, out_dir: Path, log) -> dict:
     if not (HERE / "stiff.py").exists():
         log("stiff skipped: benchmarks/stiff.py is not there (yet)", keep=True)
         return {}
-    attempts = [["--quick"], []] if quick else [[]]
+    out = ["--out", str(out_dir)]
+    attempts = [["--quick", *out], ["--quick"], []] if quick else [out, []]
     proc = None
     for extra in attempts:
         cmd = [sys.executable, "-m", "benchmarks.stiff", *extra]
