@@ -115,7 +115,8 @@ def main(argv: list[str] | None = None) -> None:
         elif workload == "memory":
             run.memory = measure_memory(available, settings, log)
             log("  peak RSS of subprocesses ...")
-            sizes = settings.memory_max_steps if not args.quick else settings.memory_max_steps[-1:]
+            steps = settings.memory_max_steps  # RSS: the smallest and largest (quick: largest)
+            sizes = steps[-1:] if args.quick else (steps[0], steps[-1])
             run.rss = measure_rss(impls, sizes, log, quick=args.quick)
         elif workload == "precision":
             run.precision = measure_precision(adapters, settings, args.quick, log)
