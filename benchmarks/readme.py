@@ -3,7 +3,8 @@
 The README's numbers are never typed by hand: the blocks between ``<!-- BEGIN name -->`` and
 ``<!-- END name -->`` are replaced, ``targets`` by the run's targets table and ``run`` by the
 whole report (``results.md``, headings moved two levels down, links made relative to the
-README). Everything outside the markers is left alone.
+README), and ``notebooks`` by the lines of the executed notebooks' saved outputs that state a
+target. Everything outside the markers is left alone.
 """
 
 from __future__ import annotations
@@ -43,6 +44,27 @@ def _section(report: str, title: str) -> str:
     return m.group(1).strip() if m else ""
 
 
+def notebook_targets(folder: Path) -> str:
+    """Lines mentioning a target in the saved outputs of the executed notebooks, as a list."""
+    import json
+
+    items = []
+    for path in sorted(folder.glob("*.ipynb")):
+        try:
+            cells = json.loads(path.read_text())["cells"]
+        except (OSError, ValueError, KeyError):
+            continue
+        for cell in cells:
+            for out in cell.get("outputs", []):
+                text = out.get("text") or out.get("data", {}).get("text/plain", "")
+                text = "".join(text) if isinstance(text, list) else text
+                for line in text.splitlines():
+                    if "target" in line.lower():
+                        rel = os.path.relpath(path, HERE)
+                        items.append(f"- [`{path.name}`]({rel}): {line.strip()}")
+    return "\n".join(items) or "(no executed notebook states a target)"
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.readme", description=__doc__)
     parser.add_argument("--results", type=Path, default=HERE / "results", help="run's folder")
@@ -58,6 +80,7 @@ def main(argv: list[str] | None = None) -> None:
     text = args.readme.read_text()
     text = _block(text, "targets", header + "\n\n" + targets)
     text = _block(text, "run", body)
+    text = _block(text, "notebooks", notebook_targets(HERE.parent / "notebooks"))
     args.readme.write_text(text)
     print(f"updated {args.readme} from {args.results / 'results.md'}")
 
