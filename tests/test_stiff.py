@@ -366,6 +366,9 @@ def test_backsolve_failure_on_strongly_stiff_problem_is_clear():
     """Backsolve re-integrates the state backwards in time, which is unstable for strongly stiff
     nonlinear problems (Robertson): the backward solve must stop with a clear error naming the
     backward pass, never return garbage. ``adjoint="checkpoint"`` is the remedy (tested above).
+    This documents a known limitation of the continuous adjoint: should backsolve become stable
+    on stiff problems (e.g. by reading the state off a forward interpolant instead of
+    re-integrating it), replace this test by a gradient check.
     """
 
     def loss(k):
