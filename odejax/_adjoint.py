@@ -177,14 +177,34 @@ _BACKWARD_STATS: dict[str, Any] = {}
 
 def backward_stats() -> dict[str, Any]:
     """Step counts and ``nfe`` of the latest backward pass of a
-    ``BacksolveAdjoint(record_stats=True)`` solve (summed over its intervals; arrays under vmap).
+    ``BacksolveAdjoint(record_stats=True)`` solve, summed over its intervals.
+
+    Under ``jax.vmap`` every member has its own backward solve: the values are then arrays with
+    the batch shape, one count per member (``np.sum`` gives the pass's total).
     """
     return dict(_BACKWARD_STATS)
 
 
 def _record(stats):
+    """Host side of the recording callback: called once per backward pass, batched under vmap."""
     _BACKWARD_STATS.clear()
     _BACKWARD_STATS.update({k: np.asarray(v) for k, v in stats.items()})
+    return np.zeros(np.shape(stats["nfe"]), np.int32)
+
+
+def _record_stats(stats, outputs):
+    """Record ``stats`` on the host (one callback per pass, with the batch under vmap).
+
+    A ``pure_callback`` with ``vmap_method="expand_dims"`` sees a whole vmapped batch at once;
+    its (zero) result is tied to every array of ``outputs`` (the backward pass's results), so
+    the callback is dead code only when no gradient is used. Its inputs carry no tangents, so
+    the backward pass stays differentiable (reverse-over-reverse).
+    """
+    stats = lax.stop_gradient(stats)
+    token = jax.pure_callback(
+        _record, jax.ShapeDtypeStruct((), jnp.int32), stats, vmap_method="expand_dims"
+    )
+    return jax.tree.map(lambda x: jnp.where(token == 0, x, jnp.nan), outputs)
 
 
 def _backsolve_solve(adjoint, f, z0, t0, t1, ts, args, opts, static):
@@ -268,7 +288,8 @@ def _backsolve_bwd(vector_field, adjoint, static, residuals, ct):
         a_z, a_p = vjp(a)
         return fz, jax.tree.map(jnp.negative, a_z), jax.tree.map(jnp.negative, a_p)
 
-    back_static, back_opts = _backward_setup(adjoint, static, opts, n, dtype)
+    m = sum(x.size for x in jax.tree.leaves(p_diff))
+    back_static, back_opts = _backward_setup(adjoint, static, opts, n, m, dtype)
 
     def interval(carry, x):
         a, p_bar = carry
@@ -285,7 +306,9 @@ def _backsolve_bwd(vector_field, adjoint, static, residuals, ct):
     xs = (grid[1:][::-1], grid[:-1][::-1], zs_flat[1:][::-1], g_flat[:-1][::-1])
     (a0, p_bar), (a_lo, stats) = lax.scan(interval, (g_flat[-1], p_bar0), xs)
     if adjoint.record_stats:
-        jax.debug.callback(_record, jax.tree.map(lambda s: jnp.sum(s, axis=0), stats))
+        a0, p_bar, a_lo = _record_stats(
+            jax.tree.map(lambda s: jnp.sum(s, axis=0), stats), (a0, p_bar, a_lo)
+        )
 
     # Time gradients (closed form of the paper's Appendix C, see the module docstring).
     f_grid = jax.vmap(field_flat)(zs_flat, grid)
@@ -313,8 +336,14 @@ def _instantiate(ct, like):
     )
 
 
-def _backward_setup(adjoint, static: Static, opts: Options, n: int, dtype):
-    """Static settings and tolerances of the backward solves."""
+def _backward_setup(adjoint, static: Static, opts: Options, n: int, m: int, dtype):
+    """Static settings and tolerances of the backward solves.
+
+    The augmented state is ``[z (n), a (n), θ̄ (m)]``. Its error norm is the largest RMS over
+    the three channels (as torchdiffeq's mixed norm), so a channel with small errors does not
+    dilute the others; the seminorm takes the largest over ``z`` and ``a`` only, and so never
+    exceeds the full norm: it can only save steps.
+    """
 
     def tol(given, forward):
         if given is not None:
@@ -327,7 +356,7 @@ def _backward_setup(adjoint, static: Static, opts: Options, n: int, dtype):
         progress=False,
         has_dt0=False,
         loop="while",
-        norm_dims=2 * n if adjoint.seminorm else None,
+        norm_channels=(n, 2 * n) if adjoint.seminorm else (n, 2 * n, 2 * n + m),
         backward=True,
     )
     back_opts = Options(

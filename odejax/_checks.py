@@ -14,6 +14,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from jax import lax
+from jax.custom_batching import custom_vmap
 
 from ._solution import Status
 
@@ -27,7 +28,14 @@ __all__ = [
 
 
 class OdeSolveError(RuntimeError):
-    """A solve failed (max steps, step-size underflow, non-finite state)."""
+    """A solve failed (max steps, step-size underflow, non-finite state).
+
+    It is raised on the host, inside the compiled program, when the result is computed. JAX
+    hands it to Python wrapped in ``jax.errors.JaxRuntimeError`` (whose message starts with
+    this error's text), at the call or when the result is first used (dispatch is
+    asynchronous). Catch ``(odejax.OdeSolveError, jax.errors.JaxRuntimeError)``, or pass
+    ``throw=False`` and test ``sol.succeeded`` / ``sol.result`` instead.
+    """
 
 
 def state_dtype(z0) -> jnp.dtype:
@@ -115,14 +123,27 @@ def _raise(status, t_final, t1, max_steps, backward, has_dtmin):
     )
 
 
+@custom_vmap
+def _any_failed(status):
+    """Whether any status is a failure: one unbatched boolean, even under ``jax.vmap``."""
+    return jnp.any(status != Status.SUCCESS)
+
+
+@_any_failed.def_vmap
+def _any_failed_vmap(axis_size, in_batched, status):
+    return jnp.any(status != Status.SUCCESS), False
+
+
 def raise_if_failed(
     x, status, t_final, t1, max_steps: int, backward: bool = False, has_dtmin: bool = False
 ):
     """Raise :class:`OdeSolveError` at run time if ``status`` is not success; returns ``x``.
 
     The host callback sits in the failing branch of a ``lax.cond`` and passes ``x`` through, so a
-    successful solve pays for one comparison only (under ``vmap`` the callback runs and checks
-    every member). Tangents pass straight through.
+    successful solve pays for one comparison only. Under ``vmap`` the predicate is reduced over
+    the whole batch (:func:`_any_failed`), so the ``cond`` stays a ``cond`` (not a ``select``
+    running both branches): no host callback unless a member failed. Tangents pass straight
+    through.
     """
 
     @jax.custom_jvp
@@ -133,7 +154,7 @@ def raise_if_failed(
                 report, struct, x, status, t_final, t1, vmap_method="broadcast_all"
             )
 
-        return lax.cond(jnp.any(status != Status.SUCCESS), fail, lambda x: x, x)
+        return lax.cond(_any_failed(status), fail, lambda x: x, x)
 
     @check.defjvp
     def _(primals, tangents):

@@ -8,9 +8,13 @@ steps instead of stepping (masked) until the hardest member anywhere is done, as
 ``jax.jit(jax.vmap(solve))`` on a sharded batch must (its loop condition is one global
 ``any``).
 
-Per member, the arithmetic is the same as under a plain ``jax.vmap`` of :func:`odejax.odeint`
-(a batched loop freezes finished members with a select, so no member sees another), and results
-agree with it bitwise on the CPU.
+Per member, the arithmetic is that of a plain ``jax.vmap`` of :func:`odejax.odeint` over the
+device's slice (or chunk): a batched loop freezes finished members with a select, so no member
+sees another. Results equal a whole-batch ``vmap`` bitwise when XLA emits the same code for the
+slice as for the whole batch. On the CPU its code for very small slices (1 or 2 members) and
+for chunks can round differently in the last bit, and an adaptive solve can carry such a
+difference into a different step-size decision: results then agree to within the solver's
+tolerance (seen: 4e-14 for 4 devices, 3e-10 with ``chunk_size``, float64, rtol 1e-6).
 """
 
 from __future__ import annotations

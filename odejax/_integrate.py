@@ -80,7 +80,9 @@ class Static(NamedTuple):
     has_dtmax: bool = False
     loop: str = "while"  # "while" or "checkpoint" (reverse-differentiable)
     checkpoints: int | None = None  # stored carries of the checkpointed loop
-    norm_dims: int | None = None  # error norm over the first `norm_dims` components only
+    # Error norm by channels: the ends of consecutive slices of the flat state; the norm is the
+    # largest RMS over them, and components past the last end are left out (a seminorm).
+    norm_channels: tuple[int, ...] | None = None
     backward: bool = False  # this is an adjoint's backward solve (for error messages)
 
 
@@ -109,6 +111,18 @@ def flatten_tol(tol, z0, dtype):
             f"A per-component tolerance must be a pytree matching z0 (broadcastable leaves): {e}"
         ) from None
     return ravel_pytree(full)[0]
+
+
+def channel_norm(x: Array, channels: tuple[int, ...] | None) -> Array:
+    """RMS norm of ``x``, or the largest RMS over the slices ending at ``channels``."""
+    if channels is None:
+        return rms_norm(x)
+    starts = (0, *channels[:-1])
+    norms = [rms_norm(x[a:b]) for a, b in zip(starts, channels) if b > a]
+    out = norms[0]
+    for v in norms[1:]:
+        out = jnp.maximum(out, v)
+    return out
 
 
 def _identity(x):
@@ -313,9 +327,7 @@ def integrate(f, z0, t0, t1, ts, args, opts: Options, static: Static, event=None
         if solver.adaptive:
             scale = atol + rtol * jnp.maximum(jnp.abs(z), jnp.abs(step.z1))
             scaled = step.err / scale
-            if static.norm_dims is not None:  # seminorm: only the leading components count
-                scaled = scaled[: static.norm_dims]
-            err = rms_norm(scaled)
+            err = channel_norm(scaled, static.norm_channels)
             log_err = jnp.log(err)
             accept = log_err <= 0  # false for nan
             finite = jnp.isfinite(log_err)

@@ -196,6 +196,25 @@ def test_seminorm_and_backward_stats():
         np.testing.assert_allclose(x, y, rtol=1e-4, atol=1e-7)
 
 
+def test_backward_stats_per_member_under_vmap():
+    adj = odejax.BacksolveAdjoint(record_stats=True)
+    ts = jnp.linspace(0.0, 3.0, 4)
+
+    def loss(k):
+        field = lambda z, t, k: -k * z + 0.1 * z**2 * jnp.sin(t)  # noqa: E731
+        return jnp.sum(odejax.odeint(field, Z0, ts, k, adjoint=adj))
+
+    ks = jnp.array([0.5, 2.0, 5.0])
+    single = []
+    for k in ks:
+        jax.grad(loss)(k)
+        single.append(int(odejax.backward_stats()["nfe"]))
+    jax.jit(jax.vmap(jax.grad(loss)))(ks)
+    batched = odejax.backward_stats()
+    assert batched["nfe"].shape == (3,)
+    np.testing.assert_array_equal(batched["nfe"], single)
+
+
 def test_wrong_mode_errors_name_the_adjoint_to_use():
     with pytest.raises(TypeError, match="backsolve"):
         jax.grad(vdp_loss, argnums=1)(Z0, 1.5, TS, "forward")
