@@ -116,6 +116,12 @@ def _raise(status, t_final, t1, max_steps, backward, has_dtmin):
     extra = f" ({int(bad.sum())} of {bad.size} batch members failed)" if bad.size > 1 else ""
     what = "`dtmin`" if has_dtmin else "the floating-point resolution of t"
     advice = code.advice.format(max_steps=max_steps, what=what)
+    if backward:
+        advice += (
+            ". The backward pass re-integrates the state backwards in time, which is unstable"
+            " for stiff or strongly contracting dynamics whatever the solver: use"
+            " adjoint='checkpoint' there (exact gradients, sublinear memory)"
+        )
     raise OdeSolveError(
         f"{which} stopped with status {code.name} at t={t_reached:.10g} before reaching"
         f" t1={t_end:.10g}{extra}: {advice}. Pass throw=False to get the partial solution and"

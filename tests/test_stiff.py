@@ -381,6 +381,7 @@ def test_backsolve_failure_on_strongly_stiff_problem_is_clear():
     with pytest.raises(Exception, match="backward") as info:
         jax.block_until_ready(jax.grad(loss)(ROBER_K))
     assert "throw=False" in str(info.value)
+    assert "adjoint='checkpoint'" in str(info.value)
 
 
 # --------------------------------------------------------------------------------------------
