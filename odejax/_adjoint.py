@@ -15,7 +15,15 @@
   ``d(a·f)/dt = a·∂f/∂t`` along the adjoint, ``∂L/∂t_i = g_i · f(z_i, t_i)`` for a save time with
   incoming cotangent ``g_i`` and ``∂L/∂t_0 = -a(t_0) · f(z_0, t_0)``, with no extra channel to
   integrate. The backward pass is built from the same custom rule, so it is differentiable again
-  (reverse over reverse).
+  (reverse over reverse). This is ``state="reintegrate"``, the default with an explicit solver.
+
+  Re-integrating ``z`` backwards is unstable where the forward dynamics contract strongly (stiff
+  problems: the backward solve then blows up or runs out of steps), although the adjoint equation
+  itself is stable there. ``BacksolveAdjoint(state="interpolate")`` (the default with a stiff
+  solver) therefore keeps the forward solve's dense output and integrates only ``[a, θ̄]``
+  backwards, reading ``z(t)`` off the forward interpolant inside the augmented vector field. This
+  gives up the ``O(1)`` memory: the dense output is a buffer of ``max_steps`` steps (each step's
+  start state and interpolation stages), and it supports first derivatives only.
 * :class:`CheckpointAdjoint` (``"checkpoint"``): discretise-then-optimise. Reverse mode through
   the stepping loop itself, run as a bounded loop with checkpointing (:mod:`odejax._loop`): the
   exact gradient of the computed solution with ``O(sqrt(max_steps))`` memory.
@@ -55,18 +63,37 @@ __all__ = [
 ]
 
 
+BACKSOLVE_STATES = ("reintegrate", "interpolate")
+
+
 @dataclasses.dataclass(frozen=True)
 class BacksolveAdjoint:
-    """The continuous adjoint method (the default): O(1) memory in the number of steps.
+    """The continuous adjoint method (the default).
+
+    With ``state="reintegrate"`` (the paper's Algorithm 1) the backward pass solves
+    ``[z, a, θ̄]`` backwards, re-integrating the state: memory does not grow with the number of
+    steps. With ``state="interpolate"`` the forward pass also keeps its dense output and the
+    backward pass solves only ``[a, θ̄]``, reading ``z(t)`` off the forward interpolant: stable
+    where the forward dynamics contract strongly (stiff problems, where re-integrating ``z``
+    backwards blows up), at the price of the ``O(1)`` memory (the dense output holds each of up
+    to ``max_steps`` steps' start state and interpolation stages) and of second derivatives
+    (reverse over reverse raises; use ``state="reintegrate"`` or ``adjoint="checkpoint"``).
 
     Attributes:
         rtol, atol: tolerances of the backward solve (default: the forward ones; a per-component
             forward tolerance contributes its smallest value).
-        solver: solver of the backward solve (default: the forward one).
+        solver: solver of the backward solve (default: the forward one, so a stiff forward
+            solver makes a stiff backward solve).
         seminorm: leave the parameter channel out of the backward error norm (Kidger, Chen &
             Lyons 2021): fewer backward steps, same accuracy of ``a``.
         record_stats: record the backward solves' step counts and ``nfe`` on every backward
             pass (one host callback per pass); read them with :func:`odejax.backward_stats`.
+        state: how the backward pass gets the forward state ``z(t)``: ``"reintegrate"``,
+            ``"interpolate"``, or ``None`` (default): ``"interpolate"`` when the forward or the
+            backward solver is stiff (``rodas5``, ``kvaerno5``), else ``"reintegrate"``.
+
+    Raises:
+        ValueError: ``state`` is not one of ``"reintegrate"``, ``"interpolate"`` or ``None``.
     """
 
     rtol: float | None = None
@@ -74,6 +101,25 @@ class BacksolveAdjoint:
     solver: str | Solver | None = None
     seminorm: bool = False
     record_stats: bool = False
+    state: str | None = None
+
+    def __post_init__(self):
+        if self.state is not None and self.state not in BACKSOLVE_STATES:
+            raise ValueError(
+                f"BacksolveAdjoint(state={self.state!r}) is not valid: state must be"
+                " 'reintegrate' (re-integrate z backwards, O(1) memory), 'interpolate' (read z"
+                " off the forward dense output; for stiff problems) or None (pick by solver)."
+            )
+
+    def resolve_state(self, forward_solver) -> str:
+        """The ``state`` used with ``forward_solver``: the given one, or picked by stiffness."""
+        if self.state is not None:
+            return self.state
+        solvers = [forward_solver]
+        if self.solver is not None:
+            solvers.append(get_solver(self.solver))
+        stiff = any(getattr(s, "kind", "explicit") != "explicit" for s in solvers)
+        return "interpolate" if stiff else "reintegrate"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -225,6 +271,7 @@ def _backsolve_solve(adjoint, f, z0, t0, t1, ts, args, opts, static):
     params = ((f_dyn, a_dyn), tuple(consts))
     inner = ts if ts is not None else jnp.zeros((0,), t0.dtype)
     grid = jnp.concatenate([t0[None], inner, t1[None]])
+    adjoint = dataclasses.replace(adjoint, state=adjoint.resolve_state(static.solver))
     sol = _backsolve(vector_field, adjoint, static, opts, z0, grid, params)
     rows = slice(1, -1) if ts is not None else slice(-1, None)
     return Solution(
@@ -249,10 +296,49 @@ def _backsolve_fwd(vector_field, adjoint, static, opts, z0, grid, params):
         (opts, z0, grid, params),
         is_leaf=lambda x: isinstance(x, CustomVJPPrimal),
     )
+    if adjoint.state == "interpolate":
+        # One forward solve that also keeps its dense output for the backward pass.
+        dense = _first_order_only(
+            lambda *x: integrate(vector_field, *x, static._replace(dense=True)),
+            z0,
+            grid[0],
+            grid[-1],
+            grid,
+            params,
+            opts,
+        )
+        sol = dense if static.dense else dataclasses.replace(dense, interpolation=None)
+        return sol, (opts, grid, params, sol.zs, dense.interpolation)
     # Through the rule itself, so that differentiating the gradient again (reverse over
     # reverse) differentiates this forward solve by backsolve too.
     sol = _backsolve(vector_field, adjoint, static, opts, z0, grid, params)
-    return sol, (opts, grid, params, sol.zs)
+    return sol, (opts, grid, params, sol.zs, None)
+
+
+SECOND_ORDER_INTERPOLATE = (
+    "Reverse-over-reverse (second) derivatives through BacksolveAdjoint(state='interpolate') are"
+    " not supported: its backward pass reads the state off the forward dense output, which"
+    " backsolve does not differentiate. state='interpolate' is the default with a stiff solver;"
+    " for second derivatives pass adjoint=odejax.BacksolveAdjoint(state='reintegrate') (non-stiff"
+    " problems) or adjoint='checkpoint'."
+)
+
+
+def _first_order_only(fn, *inputs):
+    """``fn(*inputs)`` whose own derivative (needed only by a second derivative) is a clear error.
+
+    Also keeps reverse mode out of the ``while`` loops inside ``fn``, which it cannot transpose.
+    """
+
+    @jax.custom_vjp
+    def call(*inputs):
+        return fn(*inputs)
+
+    def bwd(_, ct):
+        raise NotImplementedError(SECOND_ORDER_INTERPOLATE)
+
+    call.defvjp(lambda *x: (fn(*x), None), bwd)
+    return call(*inputs)
 
 
 def _is_zero(ct) -> bool:
@@ -260,7 +346,7 @@ def _is_zero(ct) -> bool:
 
 
 def _backsolve_bwd(vector_field, adjoint, static, residuals, ct):
-    opts, grid, params, zs = residuals
+    opts, grid, params, zs, interp = residuals
     if ct.interpolation is not None and not _is_zero(ct.interpolation):
         raise NotImplementedError(
             "Differentiating Solution.evaluate (dense output) needs adjoint='checkpoint' or"
@@ -278,8 +364,8 @@ def _backsolve_bwd(vector_field, adjoint, static, residuals, ct):
     def field_flat(z_flat, t):
         return ravel_pytree(vector_field(unravel(z_flat), t, params))[0]
 
-    def augmented(y, t, p_diff):
-        z, a, _ = y
+    def adjoint_rhs(z, a, t, p_diff):
+        """``(f, -aᵀ∂f/∂z, -aᵀ∂f/∂θ)`` from one ``jax.vjp`` of ``f``."""
 
         def f_zp(z, p_diff):
             return vector_field(z, t, eqx.combine(p_diff, p_rest))
@@ -289,18 +375,45 @@ def _backsolve_bwd(vector_field, adjoint, static, residuals, ct):
         return fz, jax.tree.map(jnp.negative, a_z), jax.tree.map(jnp.negative, a_p)
 
     m = sum(x.size for x in jax.tree.leaves(p_diff))
-    back_static, back_opts = _backward_setup(adjoint, static, opts, n, m, dtype)
+    interpolated = adjoint.state == "interpolate"
+    back_static, back_opts = _backward_setup(adjoint, static, opts, n, m, dtype, interpolated)
+
+    if interpolated:
+        # [a, θ̄] only: z(t) comes from the forward interpolant, never re-integrated.
+        def adjoint_only(y, t, q):
+            a, _ = y
+            p_diff, interp = q
+            _, a_z, a_p = adjoint_rhs(interp.evaluate(t), a, t, p_diff)
+            return a_z, a_p
+
+        def solve_adjoint(y0, t_hi, t_lo, q, back_opts):
+            return integrate(adjoint_only, y0, t_hi, t_lo, None, q, back_opts, back_static)
+
+        def solve_interval(a, p_bar, t_hi, t_lo, z_hi):
+            del z_hi
+            y0 = (unravel(a), p_bar)
+            sol = _first_order_only(solve_adjoint, y0, t_hi, t_lo, (p_diff, interp), back_opts)
+            a_lo, p_bar = jax.tree.map(lambda v: v[-1], sol.zs)
+            return a_lo, p_bar, sol.stats
+    else:
+
+        def augmented(y, t, p_diff):
+            z, a, _ = y
+            return adjoint_rhs(z, a, t, p_diff)
+
+        def solve_interval(a, p_bar, t_hi, t_lo, z_hi):
+            y0 = (unravel(z_hi), unravel(a), p_bar)
+            grid = jnp.stack([t_hi, t_lo])
+            sol = _backsolve(augmented, adjoint, back_static, back_opts, y0, grid, p_diff)
+            _, a_lo, p_bar = jax.tree.map(lambda v: v[-1], sol.zs)
+            return a_lo, p_bar, sol.stats
 
     def interval(carry, x):
         a, p_bar = carry
         t_hi, t_lo, z_hi, g_lo = x
-        y0 = (unravel(z_hi), unravel(a), p_bar)
-        sol = _backsolve(
-            augmented, adjoint, back_static, back_opts, y0, jnp.stack([t_hi, t_lo]), p_diff
-        )
-        _, a_lo, p_bar = jax.tree.map(lambda v: v[-1], sol.zs)
+        a_lo, p_bar, stats = solve_interval(a, p_bar, t_hi, t_lo, z_hi)
         a_lo = ravel_pytree(a_lo)[0]
-        return (a_lo + g_lo, p_bar), (a_lo, sol.stats)
+        return (a_lo + g_lo, p_bar), (a_lo, stats)
 
     p_bar0 = jax.tree.map(jnp.zeros_like, p_diff)
     xs = (grid[1:][::-1], grid[:-1][::-1], zs_flat[1:][::-1], g_flat[:-1][::-1])
@@ -336,13 +449,15 @@ def _instantiate(ct, like):
     )
 
 
-def _backward_setup(adjoint, static: Static, opts: Options, n: int, m: int, dtype):
+def _backward_setup(
+    adjoint, static: Static, opts: Options, n: int, m: int, dtype, interpolated: bool = False
+):
     """Static settings and tolerances of the backward solves.
 
-    The augmented state is ``[z (n), a (n), θ̄ (m)]``. Its error norm is the largest RMS over
-    the three channels (as torchdiffeq's mixed norm), so a channel with small errors does not
-    dilute the others; the seminorm takes the largest over ``z`` and ``a`` only, and so never
-    exceeds the full norm: it can only save steps.
+    The augmented state is ``[z (n), a (n), θ̄ (m)]``, or ``[a (n), θ̄ (m)]`` when ``z`` is
+    interpolated. Its error norm is the largest RMS over the channels (as torchdiffeq's mixed
+    norm), so a channel with small errors does not dilute the others; the seminorm takes the
+    largest over ``z`` and ``a`` only, and so never exceeds the full norm: it can only save steps.
     """
 
     def tol(given, forward):
@@ -350,13 +465,17 @@ def _backward_setup(adjoint, static: Static, opts: Options, n: int, m: int, dtyp
             return jnp.asarray(given, forward.dtype)
         return jnp.min(forward) if forward.ndim else forward
 
+    if interpolated:
+        channels = (n,) if adjoint.seminorm else (n, n + m)
+    else:
+        channels = (n, 2 * n) if adjoint.seminorm else (n, 2 * n, 2 * n + m)
     back_static = static._replace(
         solver=static.solver if adjoint.solver is None else get_solver(adjoint.solver),
         dense=False,
         progress=False,
         has_dt0=False,
         loop="while",
-        norm_channels=(n, 2 * n) if adjoint.seminorm else (n, 2 * n, 2 * n + m),
+        norm_channels=channels,
         backward=True,
     )
     back_opts = Options(

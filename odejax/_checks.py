@@ -118,9 +118,11 @@ def _raise(status, t_final, t1, max_steps, backward, has_dtmin):
     advice = code.advice.format(max_steps=max_steps, what=what)
     if backward:
         advice += (
-            ". The backward pass re-integrates the state backwards in time, which is unstable"
-            " for stiff or strongly contracting dynamics whatever the solver: use"
-            " adjoint='checkpoint' there (exact gradients, sublinear memory)"
+            ". If the backward pass re-integrates the state backwards in time (the default with"
+            " an explicit solver), that is unstable for stiff or strongly contracting dynamics"
+            " whatever the solver: use adjoint=odejax.BacksolveAdjoint(state='interpolate')"
+            " (the state read off the forward solve) or adjoint='checkpoint' (exact gradients,"
+            " sublinear memory) there"
         )
     raise OdeSolveError(
         f"{which} stopped with status {code.name} at t={t_reached:.10g} before reaching"

@@ -213,7 +213,8 @@ def solve(
         adjoint: how gradients are taken: ``"backsolve"`` (default; the continuous adjoint,
             O(1) memory), ``"checkpoint"`` (exact gradient of the discretisation, sublinear
             memory), ``"forward"`` (forward mode only), or an object such as
-            ``odejax.BacksolveAdjoint(seminorm=True)``.
+            ``odejax.BacksolveAdjoint(seminorm=True)``. With a stiff solver backsolve reads
+            the state off the forward interpolant (``BacksolveAdjoint(state="interpolate")``).
         event: an :class:`odejax.Event`: stop (``terminal=True``) or jump (``reset=``) where
             ``event.fn(z, t, args)`` crosses zero, located by root finding on the dense
             interpolant. ``sol.event_time``, ``sol.event_index``, ``sol.event_state`` and

@@ -268,3 +268,41 @@ def test_backward_failure_says_it_was_the_backward_pass():
     loss(1.5)  # the forward solve fits in max_steps
     with pytest.raises(Exception, match="backward"):
         jax.block_until_ready(jax.grad(loss)(1.5))
+
+
+def test_interpolated_state_with_an_explicit_solver(fd_grads):
+    """``state="interpolate"`` (the default only with stiff solvers) reads z off the forward
+    dense output: the same gradients, times included."""
+    adjoint = odejax.BacksolveAdjoint(state="interpolate")
+    g_z0, g_mu, g_ts = jax.grad(vdp_loss, argnums=(0, 1, 2))(Z0, 1.5, TS, adjoint)
+    for g, fd in zip((g_z0, g_mu, g_ts), fd_grads):
+        np.testing.assert_allclose(g, fd, rtol=1e-6, atol=1e-6)
+
+
+def test_interpolated_state_pytree_vmap_seminorm_stats():
+    adjoint = odejax.BacksolveAdjoint(state="interpolate", seminorm=True, record_stats=True)
+
+    def f(z, t, k):  # one function object, so the finite differences share a compilation
+        return {"a": -k * z["a"] * z["b"][0][0], "b": (k * jnp.cos(t) * z["b"][0],)}
+
+    def loss(k, adjoint):
+        z0 = {"a": jnp.array(1.0), "b": (jnp.array([0.5, -0.5]),)}
+        zs = odejax.odeint(f, z0, jnp.array([2.0, 1.0, 0.0]), k, adjoint=adjoint, **TOL)
+        return jnp.sum(zs["a"] ** 2) + jnp.sum(zs["b"][0] ** 3)
+
+    ks = jnp.array([0.7, 1.2])
+    batched = jax.jit(jax.vmap(jax.grad(loss), in_axes=(0, None)), static_argnums=1)(ks, adjoint)
+    assert odejax.backward_stats()["nfe"].shape == (2,)
+    for k, g in zip(ks, batched):
+        fd = central_fd(lambda k: loss(k, "forward"), np.float64(k))
+        np.testing.assert_allclose(g, fd, rtol=1e-6)
+
+
+def test_bad_state_is_a_clear_error():
+    with pytest.raises(ValueError, match="state"):
+        odejax.BacksolveAdjoint(state="dense")
+    assert odejax.BacksolveAdjoint().resolve_state(odejax.Rodas5()) == "interpolate"
+    assert odejax.BacksolveAdjoint(solver="kvaerno5").state is None
+    assert odejax.BacksolveAdjoint(state="reintegrate").resolve_state(odejax.Rodas5()) == (
+        "reintegrate"
+    )
