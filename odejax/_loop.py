@@ -2,11 +2,19 @@
 
 ``lax.while_loop`` cannot be differentiated in reverse mode, and a plain ``lax.scan`` over
 ``max_iters`` iterations stores every iteration's residuals. Here the iterations are split into
-``checkpoints`` chunks of ``ceil(max_iters / checkpoints)``; each chunk is a ``jax.checkpoint``-ed
-scan, so reverse mode stores one carry per chunk and recomputes one chunk at a time: memory
-``O(checkpoints + max_iters / checkpoints)`` carries, ``O(sqrt(max_iters))`` by default, for one
-extra forward pass. Iterations after ``cond`` turns false are skipped with ``lax.cond``, and so
-are whole chunks, so a loop that finishes early costs little more than its useful iterations.
+``checkpoints`` chunks (``ceil(sqrt(max_iters))`` by default); each chunk is a
+``jax.checkpoint``-ed loop, so reverse mode stores one carry per chunk and recomputes one chunk
+at a time. A chunk longer than ``LEAF`` iterations is split the same way again (into about
+``sqrt`` of its length sub-chunks, each checkpointed), down to chunks of at most ``LEAF``
+iterations, whose residuals are the only ones stored in full.
+
+Every iteration after ``cond`` turns false is skipped with ``lax.cond``, and so is every chunk
+and sub-chunk that starts after it: a skipped chunk costs one stored carry, and only the last
+leaf holds unused iterations. The reverse pass of a loop that stops early therefore costs about
+its useful iterations plus at most ``LEAF`` more, whatever ``max_iters`` is; the price is one
+extra forward recomputation per level of nesting (two levels below the top for
+``max_iters`` of a few thousand). Memory: ``O(checkpoints + sqrt(max_iters / checkpoints))``
+carries plus ``LEAF`` iterations' residuals.
 """
 
 from __future__ import annotations
@@ -21,6 +29,14 @@ from jax import lax
 __all__ = ["checkpointed_while"]
 
 C = TypeVar("C")
+
+LEAF = 8  # the longest chunk run as a plain scan (its residuals stored)
+
+
+def _split(n: int) -> tuple[int, int]:
+    """``(chunks, chunk length)`` for ``n`` iterations: about ``sqrt(n)`` of each."""
+    k = math.isqrt(max(n - 1, 0)) + 1
+    return k, -(-n // k)
 
 
 def checkpointed_while(
@@ -37,22 +53,31 @@ def checkpointed_while(
         body: one iteration.
         init: initial carry.
         max_iters: the most iterations that may run.
-        checkpoints: number of stored carries (chunks); default ``ceil(sqrt(max_iters))``.
+        checkpoints: number of carries stored at the top level (chunks); default
+            ``ceil(sqrt(max_iters))``.
     """
-    n_outer = checkpoints if checkpoints is not None else math.isqrt(max(max_iters - 1, 0)) + 1
-    n_outer = max(1, min(int(n_outer), max_iters))
-    n_inner = -(-max_iters // n_outer)
 
     def guarded(c):
         return lax.cond(cond(c), body, lambda c: c, c)
 
-    @jax.checkpoint
-    def chunk(c):
-        c, _ = lax.scan(lambda c, _: (guarded(c), None), c, None, length=n_inner)
+    def run(c, n: int, chunks: int | None = None):
+        """At most ``n`` guarded iterations, nested checkpointed chunks."""
+        if chunks is None and n <= LEAF:
+            c, _ = lax.scan(lambda c, _: (guarded(c), None), c, None, length=n)
+            return c
+        if chunks is None:
+            chunks, size = _split(n)
+        else:
+            chunks = max(1, min(int(chunks), n))
+            size = -(-n // chunks)
+        chunk = jax.checkpoint(lambda c: run(c, size))
+
+        def outer(c, _):
+            return lax.cond(cond(c), chunk, lambda c: c, c), None
+
+        c, _ = lax.scan(outer, c, None, length=chunks)
         return c
 
-    def outer(c, _):
-        return lax.cond(cond(c), chunk, lambda c: c, c), None
-
-    out, _ = lax.scan(outer, init, None, length=n_outer)
-    return out
+    if max_iters <= LEAF and checkpoints is None:
+        return jax.checkpoint(lambda c: run(c, max_iters))(init)
+    return run(init, max_iters, checkpoints)
