@@ -127,9 +127,14 @@ class CheckpointAdjoint:
     """Discretise-then-optimise: reverse mode through the solver's own steps.
 
     Attributes:
-        checkpoints: number of loop carries stored for the backward pass (default
-            ``ceil(sqrt(max_steps + len(ts)))``); memory grows with ``checkpoints`` plus
-            ``max_steps / checkpoints``.
+        checkpoints: ``None`` (default): the loop of ``N = max_steps + len(ts)`` iterations
+            is split into about ``sqrt(N)`` checkpointed chunks, each split again into
+            checkpointed sub-chunks down to 8 steps (:mod:`odejax._loop`): memory
+            ``O(sqrt(N))`` carries plus 8 steps' intermediates, and the backward pass costs
+            about the steps taken (plus one recomputation per level of nesting), not ``N``.
+            An integer ``k``: ``k`` checkpointed chunks whose steps' intermediates are all
+            stored (``k`` carries plus ``N / k`` steps); ``checkpoints=1`` is plain reverse
+            mode through every step of the loop.
     """
 
     checkpoints: int | None = None

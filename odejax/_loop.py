@@ -2,11 +2,12 @@
 
 ``lax.while_loop`` cannot be differentiated in reverse mode, and a plain ``lax.scan`` over
 ``max_iters`` iterations stores every iteration's residuals. Here the iterations are split into
-``checkpoints`` chunks (``ceil(sqrt(max_iters))`` by default); each chunk is a
-``jax.checkpoint``-ed loop, so reverse mode stores one carry per chunk and recomputes one chunk
-at a time. A chunk longer than ``LEAF`` iterations is split the same way again (into about
-``sqrt`` of its length sub-chunks, each checkpointed), down to chunks of at most ``LEAF``
-iterations, whose residuals are the only ones stored in full.
+``ceil(sqrt(max_iters))`` chunks; each chunk is a ``jax.checkpoint``-ed loop, so reverse mode
+stores one carry per chunk and recomputes one chunk at a time. A chunk longer than ``LEAF``
+iterations is split the same way again (into about ``sqrt`` of its length sub-chunks, each
+checkpointed), down to chunks of at most ``LEAF`` iterations, whose residuals are the only ones
+stored in full. An explicit ``checkpoints=k`` instead makes ``k`` chunks, each a plain scan
+whose residuals are stored in full (``k=1``: plain reverse mode through every iteration).
 
 Every iteration after ``cond`` turns false is skipped with ``lax.cond``, and so is every chunk
 and sub-chunk that starts after it: a skipped chunk costs one stored carry, and only the last
@@ -53,24 +54,29 @@ def checkpointed_while(
         body: one iteration.
         init: initial carry.
         max_iters: the most iterations that may run.
-        checkpoints: number of carries stored at the top level (chunks); default
-            ``ceil(sqrt(max_iters))``.
+        checkpoints: if given, the number of checkpointed chunks, each run as a plain scan
+            that stores its iterations' residuals (memory ``checkpoints`` carries plus
+            ``max_iters / checkpoints`` iterations); default: nested chunks as described above.
     """
 
     def guarded(c):
         return lax.cond(cond(c), body, lambda c: c, c)
 
+    def leaf(c, n: int):
+        c, _ = lax.scan(lambda c, _: (guarded(c), None), c, None, length=n)
+        return c
+
     def run(c, n: int, chunks: int | None = None):
-        """At most ``n`` guarded iterations, nested checkpointed chunks."""
+        """At most ``n`` guarded iterations: nested checkpointed chunks, or ``chunks`` leaves."""
         if chunks is None and n <= LEAF:
-            c, _ = lax.scan(lambda c, _: (guarded(c), None), c, None, length=n)
-            return c
+            return leaf(c, n)
         if chunks is None:
             chunks, size = _split(n)
+            chunk = jax.checkpoint(lambda c: run(c, size))
         else:
             chunks = max(1, min(int(chunks), n))
             size = -(-n // chunks)
-        chunk = jax.checkpoint(lambda c: run(c, size))
+            chunk = jax.checkpoint(lambda c: leaf(c, size))
 
         def outer(c, _):
             return lax.cond(cond(c), chunk, lambda c: c, c), None
@@ -78,6 +84,4 @@ def checkpointed_while(
         c, _ = lax.scan(outer, c, None, length=chunks)
         return c
 
-    if max_iters <= LEAF and checkpoints is None:
-        return jax.checkpoint(lambda c: run(c, max_iters))(init)
     return run(init, max_iters, checkpoints)
