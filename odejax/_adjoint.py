@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import itertools
 from typing import Any
 
 import equinox as eqx
@@ -379,9 +380,11 @@ def _backsolve_bwd(vector_field, adjoint, static, residuals, ct):
         a_z, a_p = vjp(a)
         return fz, jax.tree.map(jnp.negative, a_z), jax.tree.map(jnp.negative, a_p)
 
-    m = sum(x.size for x in jax.tree.leaves(p_diff))
+    param_sizes = tuple(x.size for x in jax.tree.leaves(p_diff))
     interpolated = adjoint.state == "interpolate"
-    back_static, back_opts = _backward_setup(adjoint, static, opts, n, m, dtype, interpolated)
+    back_static, back_opts = _backward_setup(
+        adjoint, static, opts, n, param_sizes, dtype, interpolated
+    )
 
     if interpolated:
         # [a, θ̄] only: z(t) comes from the forward interpolant, never re-integrated.
@@ -455,14 +458,22 @@ def _instantiate(ct, like):
 
 
 def _backward_setup(
-    adjoint, static: Static, opts: Options, n: int, m: int, dtype, interpolated: bool = False
+    adjoint,
+    static: Static,
+    opts: Options,
+    n: int,
+    param_sizes: tuple[int, ...],
+    dtype,
+    interpolated: bool = False,
 ):
     """Static settings and tolerances of the backward solves.
 
-    The augmented state is ``[z (n), a (n), θ̄ (m)]``, or ``[a (n), θ̄ (m)]`` when ``z`` is
-    interpolated. Its error norm is the largest RMS over the channels (as torchdiffeq's mixed
-    norm), so a channel with small errors does not dilute the others; the seminorm takes the
-    largest over ``z`` and ``a`` only, and so never exceeds the full norm: it can only save steps.
+    The augmented state is ``[z (n), a (n), θ̄]``, or ``[a (n), θ̄]`` when ``z`` is
+    interpolated, with ``θ̄`` one block per parameter leaf (sizes ``param_sizes``). Its error norm
+    is the largest RMS over the channels ``z``, ``a`` and each parameter leaf (torchdiffeq's
+    mixed norm), so a channel with small errors does not dilute the others; the seminorm takes
+    the largest over ``z`` and ``a`` only, and so never exceeds the full norm: it can only save
+    steps.
     """
 
     def tol(given, forward):
@@ -470,10 +481,9 @@ def _backward_setup(
             return jnp.asarray(given, forward.dtype)
         return jnp.min(forward) if forward.ndim else forward
 
-    if interpolated:
-        channels = (n,) if adjoint.seminorm else (n, n + m)
-    else:
-        channels = (n, 2 * n) if adjoint.seminorm else (n, 2 * n, 2 * n + m)
+    state = (n,) if interpolated else (n, 2 * n)
+    ends = tuple(state[-1] + e for e in itertools.accumulate(param_sizes))
+    channels = state if adjoint.seminorm else state + ends
     back_static = static._replace(
         solver=static.solver if adjoint.solver is None else get_solver(adjoint.solver),
         dense=False,

@@ -31,6 +31,7 @@ from typing import NamedTuple
 import equinox as eqx
 import jax
 import jax.numpy as jnp
+import numpy as np
 from jax import Array, lax
 from jax.flatten_util import ravel_pytree
 
@@ -114,11 +115,21 @@ def flatten_tol(tol, z0, dtype):
 
 
 def channel_norm(x: Array, channels: tuple[int, ...] | None) -> Array:
-    """RMS norm of ``x``, or the largest RMS over the slices ending at ``channels``."""
+    """RMS norm of ``x``, or the largest RMS over the slices ending at ``channels``.
+
+    Entries after ``channels[-1]`` are left out (the seminorm).
+    """
     if channels is None:
         return rms_norm(x)
-    starts = (0, *channels[:-1])
-    norms = [rms_norm(x[a:b]) for a, b in zip(starts, channels) if b > a]
+    bounds = [(a, b) for a, b in zip((0, *channels[:-1]), channels) if b > a]
+    if len(bounds) > 8:  # many channels (parameter leaves): one segmented reduction
+        ids = np.concatenate([np.full(b - a, i) for i, (a, b) in enumerate(bounds)])
+        sizes = np.array([b - a for a, b in bounds], dtype=x.dtype)
+        sq = jax.ops.segment_sum(
+            x[: bounds[-1][1]] ** 2, ids, num_segments=len(bounds), indices_are_sorted=True
+        )
+        return jnp.sqrt(jnp.maximum(jnp.max(sq / sizes), jnp.finfo(x.dtype).tiny))
+    norms = [rms_norm(x[a:b]) for a, b in bounds]
     out = norms[0]
     for v in norms[1:]:
         out = jnp.maximum(out, v)

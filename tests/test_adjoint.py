@@ -306,3 +306,16 @@ def test_bad_state_is_a_clear_error():
     assert odejax.BacksolveAdjoint(state="reintegrate").resolve_state(odejax.Rodas5()) == (
         "reintegrate"
     )
+
+
+@pytest.mark.parametrize("num_channels", [3, 12])
+def test_mixed_norm_is_the_largest_channel_rms(num_channels):
+    """The backward error norm: the largest RMS over z, a and each parameter leaf (the many-leaf
+    case takes a segmented reduction), entries after the last channel left out (seminorm)."""
+    from odejax._integrate import channel_norm
+
+    x = jnp.asarray(np.random.default_rng(0).normal(size=130))
+    ends = tuple(int(e) for e in np.linspace(10, 120, num_channels))
+    starts = (0, *ends[:-1])
+    expected = max(np.sqrt(np.mean(np.asarray(x[a:b]) ** 2)) for a, b in zip(starts, ends))
+    np.testing.assert_allclose(channel_norm(x, ends), expected, rtol=1e-12)
