@@ -287,6 +287,7 @@ def _backsolve_solve(adjoint, f, z0, t0, t1, ts, args, opts, static):
         status=sol.status,
         t_final=sol.t_final,
         interpolation=sol.interpolation,
+        dt_next=sol.dt_next,
     )
 
 
@@ -397,35 +398,39 @@ def _backsolve_bwd(vector_field, adjoint, static, residuals, ct):
         def solve_adjoint(y0, t_hi, t_lo, q, back_opts):
             return integrate(adjoint_only, y0, t_hi, t_lo, None, q, back_opts, back_static)
 
-        def solve_interval(a, p_bar, t_hi, t_lo, z_hi):
+        def solve_interval(a, p_bar, t_hi, t_lo, z_hi, opts_i):
             del z_hi
             y0 = (unravel(a), p_bar)
-            sol = _first_order_only(solve_adjoint, y0, t_hi, t_lo, (p_diff, interp), back_opts)
+            sol = _first_order_only(solve_adjoint, y0, t_hi, t_lo, (p_diff, interp), opts_i)
             a_lo, p_bar = jax.tree.map(lambda v: v[-1], sol.zs)
-            return a_lo, p_bar, sol.stats
+            return a_lo, p_bar, sol.stats, sol.dt_next
     else:
 
         def augmented(y, t, p_diff):
             z, a, _ = y
             return adjoint_rhs(z, a, t, p_diff)
 
-        def solve_interval(a, p_bar, t_hi, t_lo, z_hi):
+        def solve_interval(a, p_bar, t_hi, t_lo, z_hi, opts_i):
             y0 = (unravel(z_hi), unravel(a), p_bar)
             grid = jnp.stack([t_hi, t_lo])
-            sol = _backsolve(augmented, adjoint, back_static, back_opts, y0, grid, p_diff)
+            sol = _backsolve(augmented, adjoint, back_static, opts_i, y0, grid, p_diff)
             _, a_lo, p_bar = jax.tree.map(lambda v: v[-1], sol.zs)
-            return a_lo, p_bar, sol.stats
+            return a_lo, p_bar, sol.stats, sol.dt_next
 
     def interval(carry, x):
-        a, p_bar = carry
+        # Each interval continues from the step size the previous one ended with (Hairer's
+        # initial step only for the first): the adjoint is continuous across save times.
+        a, p_bar, dt = carry
         t_hi, t_lo, z_hi, g_lo = x
-        a_lo, p_bar, stats = solve_interval(a, p_bar, t_hi, t_lo, z_hi)
+        opts_i = back_opts._replace(dt0=lax.stop_gradient(dt))
+        a_lo, p_bar, stats, dt = solve_interval(a, p_bar, t_hi, t_lo, z_hi, opts_i)
         a_lo = ravel_pytree(a_lo)[0]
-        return (a_lo + g_lo, p_bar), (a_lo, stats)
+        return (a_lo + g_lo, p_bar, dt), (a_lo, stats)
 
     p_bar0 = jax.tree.map(jnp.zeros_like, p_diff)
     xs = (grid[1:][::-1], grid[:-1][::-1], zs_flat[1:][::-1], g_flat[:-1][::-1])
-    (a0, p_bar), (a_lo, stats) = lax.scan(interval, (g_flat[-1], p_bar0), xs)
+    dt_first = jnp.full((), jnp.nan, grid.dtype)
+    (a0, p_bar, _), (a_lo, stats) = lax.scan(interval, (g_flat[-1], p_bar0, dt_first), xs)
     if adjoint.record_stats:
         a0, p_bar, a_lo = _record_stats(
             jax.tree.map(lambda s: jnp.sum(s, axis=0), stats), (a0, p_bar, a_lo)
@@ -488,7 +493,7 @@ def _backward_setup(
         solver=static.solver if adjoint.solver is None else get_solver(adjoint.solver),
         dense=False,
         progress=False,
-        has_dt0=False,
+        has_dt0="auto",
         loop="while",
         norm_channels=channels,
         backward=True,

@@ -125,6 +125,8 @@ class Solution(eqx.Module):
         event_state: with ``event=``: the state at the latest event, before any reset (``nan``
             if none).
         num_events: with ``event=``: how many events fired.
+        dt_next: the step size the controller proposed before the last step was shortened to
+            land on ``t1``: a good ``dt0`` to continue the solve with (not differentiated).
     """
 
     ts: Array
@@ -137,6 +139,7 @@ class Solution(eqx.Module):
     event_index: Array | None = None
     event_state: object | None = None
     num_events: Array | None = None
+    dt_next: Array | None = None
 
     @property
     def result(self) -> Status:

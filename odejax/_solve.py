@@ -143,6 +143,7 @@ def _backsolve_terminal_event(adjoint, f, z0, t0, t1, ts, args, opts, static, ev
         event_index=first.event_index,
         event_state=jax.tree.map(lambda a, b: jnp.where(hit, a, b), z_ev, first.event_state),
         num_events=first.num_events,
+        dt_next=first.dt_next,
     )
 
 
