@@ -48,6 +48,7 @@ from jax.extend.core import Primitive
 from jax.flatten_util import ravel_pytree
 from jax.interpreters import ad, batching, mlir
 
+from ._controller import initial_step
 from ._integrate import Options, Static, integrate
 from ._solution import Solution
 from ._solvers import get_solver
@@ -398,9 +399,15 @@ def _backsolve_bwd(vector_field, adjoint, static, residuals, ct):
         def solve_adjoint(y0, t_hi, t_lo, q, back_opts):
             return integrate(adjoint_only, y0, t_hi, t_lo, None, q, back_opts, back_static)
 
-        def solve_interval(a, p_bar, t_hi, t_lo, z_hi, opts_i):
+        def interval_start(a, p_bar, z_hi):
             del z_hi
-            y0 = (unravel(a), p_bar)
+            return (unravel(a), p_bar)
+
+        def interval_rhs(y, t):
+            return adjoint_only(y, t, (p_diff, interp))
+
+        def solve_interval(a, p_bar, t_hi, t_lo, z_hi, opts_i):
+            y0 = interval_start(a, p_bar, z_hi)
             sol = _first_order_only(solve_adjoint, y0, t_hi, t_lo, (p_diff, interp), opts_i)
             a_lo, p_bar = jax.tree.map(lambda v: v[-1], sol.zs)
             return a_lo, p_bar, sol.stats, sol.dt_next
@@ -410,8 +417,14 @@ def _backsolve_bwd(vector_field, adjoint, static, residuals, ct):
             z, a, _ = y
             return adjoint_rhs(z, a, t, p_diff)
 
+        def interval_start(a, p_bar, z_hi):
+            return (unravel(z_hi), unravel(a), p_bar)
+
+        def interval_rhs(y, t):
+            return augmented(y, t, p_diff)
+
         def solve_interval(a, p_bar, t_hi, t_lo, z_hi, opts_i):
-            y0 = (unravel(z_hi), unravel(a), p_bar)
+            y0 = interval_start(a, p_bar, z_hi)
             grid = jnp.stack([t_hi, t_lo])
             sol = _backsolve(augmented, adjoint, back_static, opts_i, y0, grid, p_diff)
             _, a_lo, p_bar = jax.tree.map(lambda v: v[-1], sol.zs)
@@ -419,7 +432,7 @@ def _backsolve_bwd(vector_field, adjoint, static, residuals, ct):
 
     def interval(carry, x):
         # Each interval continues from the step size the previous one ended with (Hairer's
-        # initial step only for the first): the adjoint is continuous across save times.
+        # initial step, below, only for the first): the adjoint is continuous across save times.
         a, p_bar, dt = carry
         t_hi, t_lo, z_hi, g_lo = x
         opts_i = back_opts._replace(dt0=lax.stop_gradient(dt))
@@ -429,12 +442,13 @@ def _backsolve_bwd(vector_field, adjoint, static, residuals, ct):
 
     p_bar0 = jax.tree.map(jnp.zeros_like, p_diff)
     xs = (grid[1:][::-1], grid[:-1][::-1], zs_flat[1:][::-1], g_flat[:-1][::-1])
-    dt_first = jnp.full((), jnp.nan, grid.dtype)
+    y_last = interval_start(g_flat[-1], p_bar0, zs_flat[-1])
+    dt_first = _start_step(interval_rhs, y_last, grid[-1], grid[-2], back_static, back_opts)
     (a0, p_bar, _), (a_lo, stats) = lax.scan(interval, (g_flat[-1], p_bar0, dt_first), xs)
     if adjoint.record_stats:
-        a0, p_bar, a_lo = _record_stats(
-            jax.tree.map(lambda s: jnp.sum(s, axis=0), stats), (a0, p_bar, a_lo)
-        )
+        totals = jax.tree.map(lambda s: jnp.sum(s, axis=0), stats)
+        totals["nfe"] = totals["nfe"] + 2  # the two evaluations of _start_step
+        a0, p_bar, a_lo = _record_stats(totals, (a0, p_bar, a_lo))
 
     # Time gradients (closed form of the paper's Appendix C, see the module docstring).
     f_grid = jax.vmap(field_flat)(zs_flat, grid)
@@ -451,6 +465,19 @@ def _backsolve_bwd(vector_field, adjoint, static, residuals, ct):
     z0_bar = jax.tree.map(lambda c, z: c.astype(z.dtype), unravel(a0), z_first)
     opts_bar = jax.tree.map(lambda _: None, opts)
     return opts_bar, z0_bar, grid_bar, params_bar
+
+
+def _start_step(rhs, y0, t_hi, t_lo, static: Static, opts: Options):
+    """Hairer's initial step for the first backward interval ``[t_hi, t_lo]`` (no gradient)."""
+    y_flat, unravel = ravel_pytree(y0)
+
+    def fn(t, y):
+        return ravel_pytree(rhs(unravel(y), t))[0].astype(y_flat.dtype)
+
+    direction = jnp.where(t_lo >= t_hi, 1, -1).astype(t_hi.dtype)
+    f0 = fn(t_hi, y_flat)
+    dt = initial_step(fn, t_hi, y_flat, f0, opts.atol, opts.rtol, static.solver.order, direction)
+    return lax.stop_gradient(dt.astype(t_hi.dtype))
 
 
 def _instantiate(ct, like):
@@ -493,7 +520,7 @@ def _backward_setup(
         solver=static.solver if adjoint.solver is None else get_solver(adjoint.solver),
         dense=False,
         progress=False,
-        has_dt0="auto",
+        has_dt0=True,  # Hairer's rule once for the first interval, then carried over
         loop="while",
         norm_channels=channels,
         backward=True,

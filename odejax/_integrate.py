@@ -76,7 +76,7 @@ class Static(NamedTuple):
     dense: bool = False
     throw: bool = True
     progress: bool = False
-    has_dt0: bool | str = False  # "auto": dt0 given, but nan means Hairer's initial step
+    has_dt0: bool = False
     has_dtmin: bool = False
     has_dtmax: bool = False
     loop: str = "while"  # "while" or "checkpoint" (reverse-differentiable)
@@ -197,17 +197,7 @@ def integrate(f, z0, t0, t1, ts, args, opts: Options, static: Static, event=None
 
     f0 = fn(t0, z_flat)
     nfe0 = 1
-    if static.has_dt0 == "auto":  # continue from a given step size, or start afresh (nan)
-        fresh = jnp.isnan(dt0)
-        dt_init = lax.cond(
-            fresh,
-            lambda: initial_step(fn, t0, z_flat, f0, atol, rtol, solver.order, direction).astype(
-                tdtype
-            ),
-            lambda: (direction * jnp.abs(dt0)).astype(tdtype),
-        )
-        nfe0 = nfe0 + fresh.astype(jnp.int32)
-    elif static.has_dt0:
+    if static.has_dt0:
         dt_init = direction * jnp.abs(dt0)
     else:
         dt_init = initial_step(fn, t0, z_flat, f0, atol, rtol, solver.order, direction)
