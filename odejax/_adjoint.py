@@ -44,10 +44,9 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 from jax.custom_derivatives import CustomVJPPrimal, SymbolicZero
-from jax.extend.core import Primitive
 from jax.flatten_util import ravel_pytree
-from jax.interpreters import ad, batching, mlir
 
+from . import _guard
 from ._controller import initial_step
 from ._integrate import Options, Static, integrate
 from ._solution import Solution
@@ -128,22 +127,41 @@ class BacksolveAdjoint:
 class CheckpointAdjoint:
     """Discretise-then-optimise: reverse mode through the solver's own steps.
 
+    The solve is one loop of at most ``N = max_steps + len(ts) + 1`` iterations (each takes a
+    step or saves one time). By default it has its own reverse-mode rule
+    (:func:`odejax._loop.checkpointed_loop`): the forward pass is the plain loop, storing its
+    carry every ``spans[0]`` iterations; the backward pass re-runs one stored stretch at a
+    time, storing the carry more densely, down to single steps, each differentiated on its
+    own. With ``L`` levels of ``w`` stored carries (``w ** L >= N``, ``w <= 32``), memory is
+    about ``L * w`` carries plus one step's intermediates, and the backward pass costs the
+    steps actually taken times ``L - 1`` recomputations plus one vector-Jacobian product each.
+    The saved states and dense output are written to buffers outside the stored carries.
+
     Attributes:
-        checkpoints: ``None`` (default): the loop of ``N = max_steps + len(ts)`` iterations
-            is split into about ``sqrt(N)`` checkpointed chunks, each split again into
-            checkpointed sub-chunks down to 8 steps (:mod:`odejax._loop`): memory
-            ``O(sqrt(N))`` carries plus 8 steps' intermediates, and the backward pass costs
-            about the steps taken (plus one recomputation per level of nesting), not ``N``.
-            An integer ``k``: ``k`` checkpointed chunks whose steps' intermediates are all
-            stored (``k`` carries plus ``N / k`` steps); ``checkpoints=1`` is plain reverse
-            mode through every step of the loop.
+        checkpoints: the number of carries the forward pass stores (the top level); the levels
+            below are chosen as above. ``None`` (default): chosen from ``N`` as above.
+            ``checkpoints=N`` stores every iteration's carry and recomputes nothing.
+        higher_order: ``False`` (default): first derivatives by the rule above (``jax.grad``,
+            ``jax.vjp``, ``jax.jacrev``). ``True``: JAX's own reverse mode through nested
+            ``jax.checkpoint``-ed scans (:func:`odejax._loop.checkpointed_while`), which also
+            supports second derivatives (reverse over reverse) and ``jax.jvp`` through the
+            solve, at several times the run and compile time; ``checkpoints=k`` then makes
+            ``k`` checkpointed chunks whose steps' intermediates are all stored.
     """
 
     checkpoints: int | None = None
+    higher_order: bool = False
 
     def __post_init__(self):
         if self.checkpoints is not None and self.checkpoints < 1:
             raise ValueError(f"checkpoints must be at least 1, got {self.checkpoints}.")
+        if not isinstance(self.higher_order, bool):
+            raise TypeError(f"higher_order must be a bool, got {self.higher_order!r}.")
+
+    @property
+    def loop(self) -> str:
+        """The integration loop's driver (:class:`odejax._integrate.Static`'s ``loop``)."""
+        return "checkpoint-ad" if self.higher_order else "checkpoint"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -168,6 +186,14 @@ def get_adjoint(adjoint) -> Adjoint:
     )
 
 
+JVP_OF_CHECKPOINT = (
+    "CheckpointAdjoint() (adjoint='checkpoint') is a custom reverse-mode rule: jax.jvp and"
+    " jax.jacfwd of the solve itself are not supported (forward over reverse is, e.g."
+    " jax.hessian or jax.jacfwd(jax.grad(loss))). Use adjoint='forward' for jvp/jacfwd, or"
+    " adjoint=odejax.CheckpointAdjoint(higher_order=True), which differentiates the solver's"
+    " loop with JAX's own autodiff in both modes."
+)
+
 JVP_OF_BACKSOLVE = (
     "adjoint='backsolve' (the default) is a custom reverse-mode rule and cannot be used with"
     " forward-mode differentiation (jax.jvp, jax.jacfwd, and jax.hessian, which is jacfwd over"
@@ -179,7 +205,7 @@ JVP_OF_BACKSOLVE = (
 def run_adjoint(adjoint: Adjoint, f, z0, t0, t1, ts, args, opts: Options, static: Static):
     """Solve with the differentiation rule of ``adjoint`` (called inside ``jit``)."""
     if isinstance(adjoint, CheckpointAdjoint):
-        static = static._replace(loop="checkpoint", checkpoints=adjoint.checkpoints)
+        static = static._replace(loop=adjoint.loop, checkpoints=adjoint.checkpoints)
         return integrate(f, z0, t0, t1, ts, args, opts, static)
     if isinstance(adjoint, ForwardMode):
         sol = integrate(f, z0, t0, t1, ts, args, opts, static)
@@ -187,40 +213,17 @@ def run_adjoint(adjoint: Adjoint, f, z0, t0, t1, ts, args, opts: Options, static
     return _backsolve_solve(adjoint, f, z0, t0, t1, ts, args, opts, static)
 
 
-# --- forward mode: a guard that lets tangents through and refuses to be transposed ------------
-
-_forward_only_p = Primitive("odejax_forward_only")
-_forward_only_p.def_impl(lambda x: x)
-_forward_only_p.def_abstract_eval(lambda x: x)
-mlir.register_lowering(_forward_only_p, lambda ctx, x: [x])
-batching.primitive_batchers[_forward_only_p] = lambda args, dims: (
-    _forward_only_p.bind(args[0]),
-    dims[0],
+FORWARD_ONLY = (
+    "This solve used adjoint='forward' (odejax.ForwardMode), which supports forward-mode"
+    " differentiation only (jax.jvp, jax.jacfwd). For reverse mode (jax.grad, jax.vjp,"
+    " jax.jacrev) use adjoint='backsolve' (O(1) memory) or adjoint='checkpoint' (the exact"
+    " gradient of the discretisation)."
 )
-
-
-def _forward_only_jvp(primals, tangents):
-    (x,), (t,) = primals, tangents
-    t = t if type(t) is ad.Zero else _forward_only_p.bind(t)
-    return _forward_only_p.bind(x), t
-
-
-def _forward_only_transpose(ct, x):
-    raise TypeError(
-        "This solve used adjoint='forward' (odejax.ForwardMode), which supports forward-mode"
-        " differentiation only (jax.jvp, jax.jacfwd). For reverse mode (jax.grad, jax.vjp,"
-        " jax.jacrev) use adjoint='backsolve' (O(1) memory) or adjoint='checkpoint' (the exact"
-        " gradient of the discretisation)."
-    )
-
-
-ad.primitive_jvps[_forward_only_p] = _forward_only_jvp
-ad.primitive_transposes[_forward_only_p] = _forward_only_transpose
 
 
 def forward_only(x):
     """Identity that supports ``jvp`` but raises a clear error under reverse mode."""
-    return _forward_only_p.bind(x)
+    return _guard.forward_only(x, FORWARD_ONLY)
 
 
 # --- backsolve ----------------------------------------------------------------------------------
@@ -328,7 +331,7 @@ SECOND_ORDER_INTERPOLATE = (
     " not supported: its backward pass reads the state off the forward dense output, which"
     " backsolve does not differentiate. state='interpolate' is the default with a stiff solver;"
     " for second derivatives pass adjoint=odejax.BacksolveAdjoint(state='reintegrate') (non-stiff"
-    " problems) or adjoint='checkpoint'."
+    " problems) or adjoint=odejax.CheckpointAdjoint(higher_order=True)."
 )
 
 

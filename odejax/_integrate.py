@@ -1,17 +1,22 @@
-"""The integration loop: one step at a time, inside ``lax.while_loop`` (or a checkpointed scan).
+"""The integration loop: one step at a time, inside ``lax.while_loop`` (or a checkpointed loop).
 
 Each iteration tries one step of the Runge–Kutta method, scores it with the embedded error,
 accepts or rejects it (PI control of the next step), and save times that an accepted step passed
 are read off the method's dense interpolant. Steps are never shortened to hit a save time; only
 the last step is shortened to land on ``t1`` exactly.
 
-Two drivers share the step:
+Three drivers share the step:
 
 * ``loop="while"`` (forward solves, backsolve adjoint): a ``lax.scan`` over the save times, each
   running a ``lax.while_loop`` of steps until the save time is passed. No buffer of saved states
   rides in the loop carry, so the loop is lean, also under ``vmap``.
-* ``loop="checkpoint"`` (discretise-then-optimise gradients): one bounded, checkpointed loop
-  (:mod:`odejax._loop`) whose iterations either take a step or write one save time.
+* ``loop="checkpoint"`` (discretise-then-optimise gradients, the default
+  :class:`odejax.CheckpointAdjoint`): the same loop under a reverse-mode rule of its own that
+  stores carries at a few levels and differentiates one step at a time
+  (:mod:`odejax._checkpoint`); first derivatives, and forward over reverse.
+* ``loop="checkpoint-ad"`` (``CheckpointAdjoint(higher_order=True)``): one bounded loop whose
+  iterations either take a step or write one save time, in nested checkpointed scans
+  (:mod:`odejax._loop`) that JAX differentiates itself, to any order and in either mode.
 
 The state is raveled to one flat vector so a step is a handful of fused vector updates whatever
 the pytree; ``f`` sees (and returns) the user's pytree.
@@ -36,6 +41,7 @@ from jax import Array, lax
 from jax.flatten_util import ravel_pytree
 
 from . import _checks, _events, _progress
+from ._checkpoint import solve_loop, write_buffers
 from ._controller import PIController, initial_step, rms_norm
 from ._implicit import esdirk_step
 from ._loop import checkpointed_while
@@ -58,7 +64,7 @@ class _LoopState(NamedTuple):
     dt: Array  # signed size of the next step to try
     log_err_prev: Array  # log scaled error of the last accepted step (PI memory)
     last: tuple  # (dt, kstack) of the latest attempted step, when saving at ts
-    saved: tuple  # (save_index, zs buffer) for the checkpointed driver, else ()
+    saved: tuple  # (save_index, zs buffer) for the "checkpoint-ad" driver, else ()
     num_steps: Array
     num_accepted: Array
     status: Array  # _RUNNING while stepping, then a Status code
@@ -79,7 +85,9 @@ class Static(NamedTuple):
     has_dt0: bool = False
     has_dtmin: bool = False
     has_dtmax: bool = False
-    loop: str = "while"  # "while" or "checkpoint" (reverse-differentiable)
+    # "while", or reverse-differentiable: "checkpoint" (a custom rule, first derivatives) or
+    # "checkpoint-ad" (JAX's own reverse mode through nested checkpoints, any order).
+    loop: str = "while"
     checkpoints: int | None = None  # stored carries of the checkpointed loop
     # Error norm by channels: the ends of consecutive slices of the flat state; the norm is the
     # largest RMS over them, and components past the last end are left out (a seminorm).
@@ -214,16 +222,12 @@ def integrate(f, z0, t0, t1, ts, args, opts: Options, static: Static, event=None
         weights, rows = dense_weights(solver)
         end_weights, _ = dense_weights(solver, anchor="end")
         num_dense = len(rows)
-    checkpointed = static.loop == "checkpoint"
     n = z_flat.shape[0]
     last, saved = (), ()
     if save_ts:
         last = (jnp.zeros((), dtype), jnp.zeros((num_dense, n), dtype))
         if has_event:  # the polynomial's own end, which an event may leave behind
             last = (*last, t0, z_flat)
-        if checkpointed:
-            zs0 = jnp.full((ts.shape[0], n), jnp.nan, dtype)
-            saved = (jnp.zeros((), jnp.int32), zs0)
     dense = ()
     if static.dense:
         t_nodes = jnp.full((static.max_steps + 1,), t0, tdtype)
@@ -319,7 +323,8 @@ def integrate(f, z0, t0, t1, ts, args, opts: Options, static: Static, event=None
         z_ev = z_at + zdot * delta
         return t_ev, z_ev, k
 
-    def body(st: _LoopState) -> _LoopState:
+    def attempt(st: _LoopState) -> tuple[_LoopState, tuple]:
+        """One attempted step; also the dense output's writes (``(index, value)`` pairs)."""
         t, z = st.t, st.z
         if solver.adaptive:
             t_try = t + st.dt
@@ -366,7 +371,7 @@ def integrate(f, z0, t0, t1, ts, args, opts: Options, static: Static, event=None
         z_new = jnp.where(accept, step.z1, z)
         f0_new = jnp.where(accept, step.f1, st.f0)
 
-        dense, last = st.dense, st.last
+        last = st.last
         if stiff:
             kstack = step.dense
         elif save_ts or static.dense or has_event:
@@ -423,16 +428,16 @@ def integrate(f, z0, t0, t1, ts, args, opts: Options, static: Static, event=None
             last = (dt.astype(dtype), kstack)
             if has_event:
                 last = (*last, t_next, step.z1)
-        if static.dense:
-            t_nodes, z_nodes, k_nodes = dense[:3]
-            slot = jnp.where(accept, st.num_accepted, static.max_steps)  # out of range: dropped
-            dense = (
-                t_nodes.at[slot + 1].set(t_new if has_event else t_next, mode="drop"),
-                z_nodes.at[slot].set(z, mode="drop"),
-                k_nodes.at[slot].set(kstack, mode="drop"),
+        dense_writes = ()
+        if static.dense:  # one node per accepted step: (index, value) for each dense array
+            slot = jnp.where(accept, st.num_accepted, static.max_steps).astype(jnp.int32)
+            dense_writes = (
+                (slot + 1, t_new if has_event else t_next),
+                (slot, z),
+                (slot, kstack),
             )
             if has_event:
-                dense = (*dense, st.dense[3].at[slot].set(dt, mode="drop"))
+                dense_writes = (*dense_writes, (slot, dt))
 
         num_steps = st.num_steps + 1
         keep_dt = accept & final_step  # the last step's proposal is kept (solve ended)
@@ -479,7 +484,7 @@ def integrate(f, z0, t0, t1, ts, args, opts: Options, static: Static, event=None
             extra = (st.extra[0] + step.nfe, st.extra[1] + step.nlin)
         if static.progress:
             _progress.progress_update(pkey, t_new, num_steps)
-        return _LoopState(
+        new = _LoopState(
             t=t_new,
             z=z_new,
             f0=f0_new,
@@ -490,10 +495,16 @@ def integrate(f, z0, t0, t1, ts, args, opts: Options, static: Static, event=None
             num_steps=num_steps,
             num_accepted=st.num_accepted + accept.astype(jnp.int32),
             status=status,
-            dense=dense,
+            dense=st.dense,
             extra=extra,
             event=ev,
         )
+        return new, dense_writes
+
+    def body(st: _LoopState) -> _LoopState:
+        """One attempted step, its dense output written into the carry."""
+        st, writes = attempt(st)
+        return st._replace(dense=write_buffers(st.dense, writes))
 
     def read_off(st: _LoopState, ti):
         """The state at save time ``ti``, which the last accepted step has passed (or nan)."""
@@ -506,7 +517,24 @@ def integrate(f, z0, t0, t1, ts, args, opts: Options, static: Static, event=None
         zi = jnp.where(ti == st.t, st.z, zi)
         return jnp.where(direction * (st.t - ti) >= 0, zi, jnp.nan)
 
-    if checkpointed:
+    if static.loop == "checkpoint":
+        # The while driver below, under the checkpoint adjoint's own reverse-mode rule.
+        final, zs, dense_out = solve_loop(
+            attempt,
+            cond,
+            lambda st, ti: direction * (st.t - ti) < 0,
+            read_off,
+            state._replace(dense=()),
+            state.dense,
+            ts if save_ts else None,
+            t1,
+            static.max_steps,
+            static.checkpoints,
+        )
+        final = final._replace(dense=dense_out)
+    elif static.loop == "checkpoint-ad":
+        # JAX's own reverse mode (any order) through one bounded loop whose iterations either
+        # take a step or save the next save time the last step passed.
         num_save = ts.shape[0] if save_ts else 0
 
         def pending(st: _LoopState):
@@ -523,6 +551,9 @@ def integrate(f, z0, t0, t1, ts, args, opts: Options, static: Static, event=None
         def ck_body(st):
             return lax.cond(pending(st), save_point, body, st) if save_ts else body(st)
 
+        if save_ts:
+            zs0 = jnp.full((num_save, n), jnp.nan, dtype)
+            state = state._replace(saved=(jnp.zeros((), jnp.int32), zs0))
         final = checkpointed_while(
             lambda st: cond(st) | pending(st),
             ck_body,

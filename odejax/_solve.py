@@ -20,6 +20,7 @@ from jax.flatten_util import ravel_pytree
 from . import _checks, _events
 from ._adjoint import (
     JVP_OF_BACKSOLVE,
+    JVP_OF_CHECKPOINT,
     BacksolveAdjoint,
     CheckpointAdjoint,
     ForwardMode,
@@ -79,7 +80,7 @@ def _solve_with_event(adjoint, f, z0, t0, t1, ts, args, opts, static, event) -> 
     """Dispatch a solve with an event by adjoint (the event time is differentiable, see
     :mod:`odejax._events`)."""
     if isinstance(adjoint, CheckpointAdjoint):
-        static = static._replace(loop="checkpoint", checkpoints=adjoint.checkpoints)
+        static = static._replace(loop=adjoint.loop, checkpoints=adjoint.checkpoints)
         return integrate(f, z0, t0, t1, ts, args, opts, static, event)
     if isinstance(adjoint, ForwardMode):
         sol = integrate(f, z0, t0, t1, ts, args, opts, static, event)
@@ -286,6 +287,8 @@ def solve(
     except TypeError as e:
         if isinstance(adjoint, BacksolveAdjoint) and "custom_vjp" in str(e):
             raise TypeError(JVP_OF_BACKSOLVE) from e
+        if isinstance(adjoint, CheckpointAdjoint) and "custom_vjp" in str(e):
+            raise TypeError(JVP_OF_CHECKPOINT) from e
         raise
 
 

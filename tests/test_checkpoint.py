@@ -1,0 +1,195 @@
+"""The checkpoint adjoint's own reverse-mode rule (``odejax._checkpoint``).
+
+Its gradients are checked against JAX's autodiff through the same steps
+(``CheckpointAdjoint(higher_order=True)``), which is the same discretisation, so they agree to
+rounding; and against finite differences. Then: every ``checkpoints`` setting, pytrees,
+backwards time, dense output, vmap, float32, second derivatives and the errors.
+"""
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from jax.test_util import check_grads
+
+import odejax
+from odejax._checkpoint import WIDTH, spans
+
+AD = odejax.CheckpointAdjoint(higher_order=True)
+TS = jnp.linspace(0.0, 3.0, 7)
+Z0 = jnp.array([2.0, 0.0])
+
+
+def vdp(z, t, mu):
+    x, y = z
+    return jnp.stack([y, mu * (1 - x**2) * y - x])
+
+
+def forced(z, t, args):
+    k, w = args
+    return -k * z + jnp.sin(w * t)
+
+
+def test_spans():
+    assert spans(1) == (1,)
+    assert spans(WIDTH) == (1,)  # one level: every carry stored, nothing recomputed
+    assert spans(WIDTH + 1) == (5, 1)
+    assert spans(4096) == (256, 16, 1)
+    assert spans(1000, checkpoints=10) == (100, 10, 1)
+    assert spans(1000, checkpoints=5000) == (1,)
+    for n in (2, 33, 1000, 4199, 100_101):
+        plan = spans(n)
+        assert plan[-1] == 1
+        widths = [-(-a // b) for a, b in zip((n, *plan), plan)]
+        assert max(widths) <= WIDTH and np.prod(widths) >= n
+
+
+def _loss(z0, mu, ts, adjoint, **kw):
+    zs = odejax.odeint(vdp, z0, ts, mu, adjoint=adjoint, rtol=1e-8, atol=1e-8, **kw)
+    return jnp.sum(zs**2)
+
+
+@pytest.mark.parametrize(
+    "kw",
+    [{}, {"checkpoints": 1}, {"checkpoints": 3}, {"checkpoints": 10**6}],
+    ids=["default", "k=1", "k=3", "every-step"],
+)
+def test_same_gradient_as_autodiff_through_the_steps(kw):
+    grad = jax.jit(jax.grad(_loss, argnums=(0, 1, 2)), static_argnums=3)
+    ref = grad(Z0, 1.5, TS, AD)
+    got = grad(Z0, 1.5, TS, odejax.CheckpointAdjoint(**kw))
+    for a, b in zip(got, ref):
+        np.testing.assert_allclose(a, b, rtol=1e-9, atol=1e-12)
+
+
+def test_one_level_when_max_steps_is_small():
+    """``max_steps`` under ``WIDTH``: every carry stored by the forward pass."""
+
+    def loss(mu, adjoint):
+        zs = odejax.odeint(vdp, Z0, TS, mu, adjoint=adjoint, rtol=1e-4, atol=1e-4, max_steps=WIDTH)
+        return jnp.sum(zs**2)
+
+    grad = jax.jit(jax.grad(loss), static_argnums=1)
+    np.testing.assert_allclose(grad(1.5, "checkpoint"), grad(1.5, AD), rtol=1e-9)
+
+
+@pytest.mark.parametrize("tol", [1e-3, 1e-5], ids=["11-steps", "21-steps"])
+def test_short_solves_reversed_from_the_ring(tol):
+    """A solve of at most 16 steps (the ring's length with the default ``max_steps``) is
+    reversed from the carries the forward pass kept; 21 steps need a recomputation."""
+
+    def loss(mu, adjoint):
+        zs = odejax.odeint(vdp, Z0, TS, mu, adjoint=adjoint, rtol=tol, atol=tol)
+        return jnp.sum(zs**2)
+
+    grad = jax.jit(jax.grad(loss), static_argnums=1)
+    np.testing.assert_allclose(grad(1.5, "checkpoint"), grad(1.5, AD), rtol=1e-9)
+
+
+def test_matches_finite_differences():
+    def loss(z0, mu):
+        return _loss(z0, mu, TS, "checkpoint")
+
+    check_grads(loss, (Z0, 1.5), order=1, modes=["rev"], atol=1e-5, rtol=1e-5)
+
+
+def test_final_state_only_times_and_backwards():
+    """No save times (the solve's end only), gradients for t0 and t1, integrating backwards."""
+
+    def loss(z0, args, t0, t1, adjoint):
+        sol = odejax.solve(forced, z0, t0, t1, args=args, adjoint=adjoint, rtol=1e-9, atol=1e-9)
+        return jnp.sum(sol.zs[-1] ** 2)
+
+    grad = jax.jit(jax.grad(loss, argnums=(0, 1, 2, 3)), static_argnums=4)
+    args = (jnp.array(0.7), jnp.array(2.0))
+    for t0, t1 in [(0.0, 2.0), (2.0, -1.0)]:
+        got = grad(jnp.ones(3), args, t0, t1, "checkpoint")
+        ref = grad(jnp.ones(3), args, t0, t1, AD)
+        for a, b in zip(jax.tree.leaves(got), jax.tree.leaves(ref)):
+            np.testing.assert_allclose(a, b, rtol=1e-9, atol=1e-12)
+
+
+def test_pytree_state_module_field_and_integer_leaves():
+    class Field(eqx.Module):
+        w: jax.Array
+        n: jax.Array  # an integer leaf: no gradient, no error
+
+        def __call__(self, z, t, args):
+            return {"a": -self.w * z["b"] * self.n, "b": z["a"] * args}
+
+    def loss(field, scale, adjoint):
+        z0 = {"a": jnp.ones(2), "b": jnp.array([0.5, -0.5])}
+        zs = odejax.odeint(field, z0, TS, scale, adjoint=adjoint, rtol=1e-9, atol=1e-9)
+        return jnp.sum(zs["a"] ** 2) + jnp.sum(jnp.sin(zs["b"]))
+
+    field = Field(jnp.array([0.8, 1.2]), jnp.array(2))
+    grad = eqx.filter_jit(eqx.filter_grad(lambda fs, adj: loss(fs[0], fs[1], adj)))
+    got = grad((field, jnp.array(1.3)), "checkpoint")
+    ref = grad((field, jnp.array(1.3)), AD)
+    np.testing.assert_allclose(got[0].w, ref[0].w, rtol=1e-9)
+    np.testing.assert_allclose(got[1], ref[1], rtol=1e-9)
+
+
+def test_dense_output_gradients():
+    """Dense nodes are write-once buffers outside the stored carries."""
+
+    def loss(mu, adjoint):
+        sol = odejax.solve(vdp, Z0, 0.0, 3.0, args=mu, dense=True, adjoint=adjoint, max_steps=300)
+        return jnp.sum(sol.evaluate(jnp.array([0.3, 1.7, 2.9])) ** 2)
+
+    grad = jax.jit(jax.grad(loss), static_argnums=1)
+    np.testing.assert_allclose(grad(1.5, "checkpoint"), grad(1.5, AD), rtol=1e-9)
+
+
+def test_vmap_members_with_different_step_counts():
+    def loss(mu, adjoint):
+        return _loss(Z0, mu, TS, adjoint)
+
+    mus = jnp.array([0.2, 4.0, 9.0])
+    got = jax.jit(jax.vmap(jax.grad(loss), in_axes=(0, None)), static_argnums=1)(mus, "checkpoint")
+    ref = jnp.stack([jax.jit(jax.grad(loss), static_argnums=1)(m, AD) for m in mus])
+    np.testing.assert_allclose(got, ref, rtol=1e-9)
+
+
+def test_float32():
+    def loss(mu, adjoint):
+        z0 = Z0.astype(jnp.float32)
+        ts = TS.astype(jnp.float32)
+        zs = odejax.odeint(vdp, z0, ts, mu, adjoint=adjoint, rtol=1e-5, atol=1e-5)
+        return jnp.sum(zs**2)
+
+    mu = jnp.float32(1.5)
+    got = jax.grad(loss)(mu, "checkpoint")
+    assert got.dtype == jnp.float32
+    np.testing.assert_allclose(got, jax.grad(loss)(mu, AD), rtol=1e-4)
+
+
+def test_second_derivatives_forward_over_reverse_and_clear_errors():
+    def loss(theta, adjoint):
+        zs = odejax.odeint(lambda z, t, a: -a * z**2, jnp.ones(2), TS, theta, adjoint=adjoint)
+        return jnp.sum(zs**2)
+
+    ref = jax.jacrev(jax.grad(lambda th: loss(th, AD)))(0.7)
+    np.testing.assert_allclose(jax.hessian(lambda th: loss(th, "checkpoint"))(0.7), ref, rtol=1e-7)
+    with pytest.raises(TypeError, match="higher_order=True"):
+        jax.jacrev(jax.grad(lambda th: loss(th, "checkpoint")))(0.7)
+    with pytest.raises(TypeError, match="adjoint='forward'"):
+        jax.jvp(lambda th: loss(th, "checkpoint"), (0.7,), (1.0,))
+    # higher_order=True: JAX's own autodiff, in both modes.
+    tangent = jax.jvp(lambda th: loss(th, AD), (0.7,), (1.0,))[1]
+    np.testing.assert_allclose(tangent, jax.grad(lambda th: loss(th, AD))(0.7), rtol=1e-9)
+
+
+def test_bad_higher_order():
+    with pytest.raises(TypeError, match="higher_order"):
+        odejax.CheckpointAdjoint(higher_order="yes")
+
+
+def test_memory_grows_slowly_with_max_steps():
+    def temp(max_steps):
+        fn = jax.grad(lambda mu: _loss(Z0, mu, TS, "checkpoint", max_steps=max_steps))
+        return jax.jit(fn).lower(1.5).compile().memory_analysis().temp_size_in_bytes
+
+    # 100x the steps: three levels of 47 carries against two of 32 (a cube root's growth).
+    assert temp(100_000) < 3 * temp(1_000)
