@@ -78,7 +78,12 @@ class BacksolveAdjoint:
     where the forward dynamics contract strongly (stiff problems, where re-integrating ``z``
     backwards blows up), at the price of the ``O(1)`` memory (the dense output holds each of up
     to ``max_steps`` steps' start state and interpolation stages) and of second derivatives
-    (reverse over reverse raises; use ``state="reintegrate"`` or ``adjoint="checkpoint"``).
+    (reverse over reverse raises; use ``state="reintegrate"`` or
+    ``CheckpointAdjoint(higher_order=True)``).
+
+    The backward pass starts with the step size that the forward solve proposed next at its
+    end (Hairer's initial-step rule only when there is none), and each interval between save
+    times continues from the step size the previous one ended with.
 
     Attributes:
         rtol, atol: tolerances of the backward solve (default: the forward ones; a per-component
@@ -319,11 +324,11 @@ def _backsolve_fwd(vector_field, adjoint, static, opts, z0, grid, params):
             opts,
         )
         sol = dense if static.dense else dataclasses.replace(dense, interpolation=None)
-        return sol, (opts, grid, params, sol.zs, dense.interpolation)
+        return sol, (opts, grid, params, sol.zs, dense.interpolation, sol.dt_next)
     # Through the rule itself, so that differentiating the gradient again (reverse over
     # reverse) differentiates this forward solve by backsolve too.
     sol = _backsolve(vector_field, adjoint, static, opts, z0, grid, params)
-    return sol, (opts, grid, params, sol.zs, None)
+    return sol, (opts, grid, params, sol.zs, None, sol.dt_next)
 
 
 SECOND_ORDER_INTERPOLATE = (
@@ -357,7 +362,7 @@ def _is_zero(ct) -> bool:
 
 
 def _backsolve_bwd(vector_field, adjoint, static, residuals, ct):
-    opts, grid, params, zs, interp = residuals
+    opts, grid, params, zs, interp, dt_forward = residuals
     if ct.interpolation is not None and not _is_zero(ct.interpolation):
         raise NotImplementedError(
             "Differentiating Solution.evaluate (dense output) needs adjoint='checkpoint' or"
@@ -434,8 +439,8 @@ def _backsolve_bwd(vector_field, adjoint, static, residuals, ct):
             return a_lo, p_bar, sol.stats, sol.dt_next
 
     def interval(carry, x):
-        # Each interval continues from the step size the previous one ended with (Hairer's
-        # initial step, below, only for the first): the adjoint is continuous across save times.
+        # Each interval continues from the step size the previous one ended with (the first
+        # from the forward solve's, below): the adjoint is continuous across save times.
         a, p_bar, dt = carry
         t_hi, t_lo, z_hi, g_lo = x
         opts_i = back_opts._replace(dt0=lax.stop_gradient(dt))
@@ -446,11 +451,20 @@ def _backsolve_bwd(vector_field, adjoint, static, residuals, ct):
     p_bar0 = jax.tree.map(jnp.zeros_like, p_diff)
     xs = (grid[1:][::-1], grid[:-1][::-1], zs_flat[1:][::-1], g_flat[:-1][::-1])
     y_last = interval_start(g_flat[-1], p_bar0, zs_flat[-1])
-    dt_first = _start_step(interval_rhs, y_last, grid[-1], grid[-2], back_static, back_opts)
+    # The backward pass starts with the step size the forward solve would have taken next (the
+    # adjoint runs along the same trajectory, back from its end); Hairer's rule only without one.
+    dt_back = -lax.stop_gradient(dt_forward).astype(grid.dtype)
+    usable = jnp.isfinite(dt_back) & (dt_back != 0)
+    dt_first = lax.cond(
+        usable,
+        lambda: dt_back,
+        lambda: _start_step(interval_rhs, y_last, grid[-1], grid[-2], back_static, back_opts),
+    )
+    start_nfe = jnp.where(usable, 0, 2)  # Hairer's rule evaluates the field twice
     (a0, p_bar, _), (a_lo, stats) = lax.scan(interval, (g_flat[-1], p_bar0, dt_first), xs)
     if adjoint.record_stats:
         totals = jax.tree.map(lambda s: jnp.sum(s, axis=0), stats)
-        totals["nfe"] = totals["nfe"] + 2  # the two evaluations of _start_step
+        totals["nfe"] = totals["nfe"] + start_nfe
         a0, p_bar, a_lo = _record_stats(totals, (a0, p_bar, a_lo))
 
     # Time gradients (closed form of the paper's Appendix C, see the module docstring).
