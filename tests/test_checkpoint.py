@@ -12,6 +12,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 from jax.test_util import check_grads
+from test_adjoint import forced, vdp  # the same fields as the other adjoint tests
 
 import odejax
 from odejax._checkpoint import WIDTH, spans
@@ -19,16 +20,6 @@ from odejax._checkpoint import WIDTH, spans
 AD = odejax.CheckpointAdjoint(higher_order=True)
 TS = jnp.linspace(0.0, 3.0, 7)
 Z0 = jnp.array([2.0, 0.0])
-
-
-def vdp(z, t, mu):
-    x, y = z
-    return jnp.stack([y, mu * (1 - x**2) * y - x])
-
-
-def forced(z, t, args):
-    k, w = args
-    return -k * z + jnp.sin(w * t)
 
 
 def test_spans():
