@@ -132,26 +132,29 @@ class BacksolveAdjoint:
 class CheckpointAdjoint:
     """Discretise-then-optimise: reverse mode through the solver's own steps.
 
-    The solve is one loop of at most ``N = max_steps + len(ts) + 1`` iterations (each takes a
-    step or saves one time). By default it has its own reverse-mode rule
-    (:func:`odejax._loop.checkpointed_loop`): the forward pass is the plain loop, storing its
-    carry every ``spans[0]`` iterations; the backward pass re-runs one stored stretch at a
-    time, storing the carry more densely, down to single steps, each differentiated on its
-    own. With ``L`` levels of ``w`` stored carries (``w ** L >= N``, ``w <= 32``), memory is
-    about ``L * w`` carries plus one step's intermediates, and the backward pass costs the
-    steps actually taken times ``L - 1`` recomputations plus one vector-Jacobian product each.
-    The saved states and dense output are written to buffers outside the stored carries.
+    By default the solve has a reverse-mode rule of its own (:mod:`odejax._checkpoint`). The
+    forward pass is the ordinary solve loop, which also stores its carry every ``spans[0]``
+    steps and keeps the carries of its last steps in a ring. The backward pass re-runs one
+    stored stretch at a time, storing at most ``w`` carries of it, and so on down to single
+    steps, each differentiated on its own with ``jax.vjp``. With ``L`` levels of ``w`` stored
+    carries (``w ** L >= max_steps``, ``w <= 24``), memory is about ``L * w`` carries plus one
+    step's intermediates, and the backward pass costs, per step taken, at most ``L - 1``
+    recomputations plus one vector-Jacobian product; a solve of at most ``w`` steps is reversed
+    from the ring with no recomputation. The saved states and the dense output never enter a
+    stored carry.
 
     Attributes:
         checkpoints: the number of carries the forward pass stores (the top level); the levels
-            below are chosen as above. ``None`` (default): chosen from ``N`` as above.
-            ``checkpoints=N`` stores every iteration's carry and recomputes nothing.
+            below are chosen as above. ``None`` (default): chosen from ``max_steps`` as above.
+            ``checkpoints >= max_steps`` stores every step's carry and recomputes nothing.
         higher_order: ``False`` (default): first derivatives by the rule above (``jax.grad``,
-            ``jax.vjp``, ``jax.jacrev``). ``True``: JAX's own reverse mode through nested
-            ``jax.checkpoint``-ed scans (:func:`odejax._loop.checkpointed_while`), which also
-            supports second derivatives (reverse over reverse) and ``jax.jvp`` through the
-            solve, at several times the run and compile time; ``checkpoints=k`` then makes
-            ``k`` checkpointed chunks whose steps' intermediates are all stored.
+            ``jax.vjp``, ``jax.jacrev``), and second derivatives forward over reverse
+            (``jax.hessian``, ``jax.jacfwd(jax.grad(...))``). ``True``: JAX's own reverse mode
+            through a bounded loop in nested ``jax.checkpoint``-ed scans
+            (:func:`odejax._loop.checkpointed_while`), which also supports reverse over reverse
+            and ``jax.jvp`` through the solve, at several times the run and compile time;
+            ``checkpoints=k`` then makes ``k`` checkpointed chunks whose steps' intermediates
+            are all stored.
     """
 
     checkpoints: int | None = None
