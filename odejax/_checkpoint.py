@@ -39,7 +39,7 @@ from jax import Array, lax
 
 from ._guard import forward_only
 
-__all__ = ["WIDTH", "LoopFns", "solve_loop", "spans", "write_buffers"]
+__all__ = ["WIDTH", "LoopFns", "run_loop", "solve_loop", "spans", "write_buffers"]
 
 SECOND_ORDER = (
     "Reverse-over-reverse derivatives (jax.grad or jax.jacrev of a gradient) through"
@@ -190,10 +190,23 @@ class _Rows:
         return jax.tree.unflatten(self.treedef, leaves)
 
 
+def run_loop(fns: LoopFns, ts, t_end, init, buffers: tuple):
+    """The solve loop, plain (no gradient rule): ``(final carry, zs, buffers)``.
+
+    A ``lax.scan`` over the save times ``ts`` (``None``: none), each running a ``while_loop`` of
+    ``fns.step`` until ``fns.before`` turns false, then ``fns.read``; the same loop is the
+    forward pass of :func:`solve_loop`'s rule.
+    """
+    if ts is None:
+        ts = jnp.zeros((0,), t_end.dtype)
+    (c, bufs, _, _), zs = _forward(fns, ts, t_end, init, buffers, None, 1)
+    return c, zs, bufs
+
+
 def _forward(fns: LoopFns, ts, t_end, init, buffers, store, span, rows=None):
-    """The loop itself. With ``store = (snaps, ring)`` it also stores the carry before steps
-    ``0, span, 2 span, ...`` in ``snaps`` and before each of the last ``len(ring)`` steps in
-    ``ring`` (step ``n`` in row ``n % len(ring)``)."""
+    """The loop itself. With ``store = (snaps, ring)`` it also counts its steps and stores the
+    carry before steps ``0, span, 2 span, ...`` in ``snaps`` and before each of the last
+    ``len(ring)`` steps in ``ring`` (step ``n`` in row ``n % len(ring)``)."""
 
     def one_step(s):
         c, bufs, store, n = s
@@ -202,11 +215,12 @@ def _forward(fns: LoopFns, ts, t_end, init, buffers, store, span, rows=None):
             snaps = rows.put(snaps, (n + span - 1) // span, c)
             if ring is not None:
                 ring = rows.put(ring, n % ring[0].shape[0], c)
-            store = (snaps, ring)
+            store, n = (snaps, ring), n + 1
         c, writes = fns.step(c)
-        return c, write_buffers(bufs, writes), store, n + 1
+        return c, write_buffers(bufs, writes), store, n
 
-    s = (init, buffers, store, jnp.zeros((), jnp.int32))
+    n0 = jnp.zeros((), jnp.int32) if store is not None else None  # the count only when storing
+    s = (init, buffers, store, n0)
     if fns.read is None:
         s = lax.while_loop(lambda s: fns.running(s[0]), one_step, s)
         return s, None
@@ -226,9 +240,7 @@ def _forward(fns: LoopFns, ts, t_end, init, buffers, store, span, rows=None):
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(0, 1, 2))
 def _loop(static, plan, max_steps, init, buffers, ts, t_end, dyn):
-    fns = eqx.combine(dyn, static)
-    (c, bufs, _, _), zs = _forward(fns, ts, t_end, init, buffers, None, plan[0])
-    return c, zs, bufs
+    return run_loop(eqx.combine(dyn, static), ts, t_end, init, buffers)
 
 
 def _loop_fwd(static, plan, max_steps, init, buffers, ts, t_end, dyn):
@@ -281,9 +293,9 @@ def _loop_bwd(static, plan, max_steps, res, ct):
             return eqx.combine(_merge(p, dyn.read), static.read)(_merge(d, c), ti)
 
         _, vjp = jax.vjp(fn, _diff(c), ts[k], _diff(dyn.read))
-        d_bar, ti_bar, p_bar = vjp(zs_bar[k].astype(zs_bar.dtype))
+        d_bar, ti_bar, p_bar = vjp(zs_bar[k])
         return r._replace(
-            c_bar=jax.tree.map(jnp.add, r.c_bar, d_bar),
+            c_bar=_add(r.c_bar, d_bar),
             read_bar=_add(r.read_bar, p_bar),
             ts_bar=r.ts_bar.at[k].add(ti_bar),
             pending=k,

@@ -41,7 +41,7 @@ from jax import Array, lax
 from jax.flatten_util import ravel_pytree
 
 from . import _checks, _events, _progress
-from ._checkpoint import solve_loop, write_buffers
+from ._checkpoint import LoopFns, run_loop, solve_loop, write_buffers
 from ._controller import PIController, initial_step, rms_norm
 from ._implicit import esdirk_step
 from ._loop import checkpointed_while
@@ -517,12 +517,24 @@ def integrate(f, z0, t0, t1, ts, args, opts: Options, static: Static, event=None
         zi = jnp.where(ti == st.t, st.z, zi)
         return jnp.where(direction * (st.t - ti) >= 0, zi, jnp.nan)
 
-    if static.loop == "checkpoint":
-        # The while driver below, under the checkpoint adjoint's own reverse-mode rule.
+    def before(st: _LoopState, ti):
+        """Whether the solve has yet to reach save time ``ti``."""
+        return direction * (st.t - ti) < 0
+
+    if static.loop == "while":
+        # Step until each save time is passed, then read it off the last step's interpolant;
+        # dense nodes go to buffers beside the carry.
+        fns = LoopFns(attempt, cond, before, read_off) if save_ts else LoopFns(attempt, cond)
+        final, zs, dense_out = run_loop(
+            fns, ts if save_ts else None, t1, state._replace(dense=()), state.dense
+        )
+        final = final._replace(dense=dense_out)
+    elif static.loop == "checkpoint":
+        # The same loop under the checkpoint adjoint's own reverse-mode rule.
         final, zs, dense_out = solve_loop(
             attempt,
             cond,
-            lambda st, ti: direction * (st.t - ti) < 0,
+            before,
             read_off,
             state._replace(dense=()),
             state.dense,
@@ -532,7 +544,7 @@ def integrate(f, z0, t0, t1, ts, args, opts: Options, static: Static, event=None
             static.checkpoints,
         )
         final = final._replace(dense=dense_out)
-    elif static.loop == "checkpoint-ad":
+    else:  # "checkpoint-ad"
         # JAX's own reverse mode (any order) through one bounded loop whose iterations either
         # take a step or save the next save time the last step passed.
         num_save = ts.shape[0] if save_ts else 0
@@ -541,7 +553,7 @@ def integrate(f, z0, t0, t1, ts, args, opts: Options, static: Static, event=None
             if not save_ts:
                 return jnp.zeros((), bool)
             i = st.saved[0]
-            return (i < num_save) & (direction * (ts[jnp.minimum(i, num_save - 1)] - st.t) <= 0)
+            return (i < num_save) & ~before(st, ts[jnp.minimum(i, num_save - 1)])
 
         def save_point(st: _LoopState) -> _LoopState:
             i, buf = st.saved
@@ -563,17 +575,6 @@ def integrate(f, z0, t0, t1, ts, args, opts: Options, static: Static, event=None
         )
         if save_ts:
             zs = final.saved[1]
-    elif save_ts:
-        # Step until each save time is passed, then read it off the last step's interpolant.
-        # The scan ends with t1 itself (its value dropped), so the loop body is compiled once.
-        def save_one(st: _LoopState, ti):
-            st = lax.while_loop(lambda s: cond(s) & (direction * (s.t - ti) < 0), body, st)
-            return st, read_off(st, ti)
-
-        final, zs = lax.scan(save_one, state, jnp.concatenate([ts, t1[None]]))
-        zs = zs[:-1]
-    else:
-        final = lax.while_loop(cond, body, state)
     if not save_ts:
         ok = final.status == Status.SUCCESS
         if has_event:
