@@ -2,8 +2,8 @@
 
 ``lax.while_loop`` cannot be differentiated in reverse mode, and storing every step's
 intermediates costs memory proportional to ``max_steps``. :func:`solve_loop` runs the
-integration loop (a scan over the save times, each a ``while`` loop of steps, as in
-:mod:`odejax._integrate`) under a ``jax.custom_vjp`` of its own:
+integration loop (:func:`run_loop`: a scan over the save times, each a ``while`` loop of steps;
+:mod:`odejax._integrate` runs plain solves with it too) under a ``jax.custom_vjp`` of its own:
 
 * **forward pass**: the plain loop, which also stores its carry every ``spans[0]`` steps
   (``spans`` from :func:`spans`), and keeps the carries of its last ``w`` steps in a ring;
