@@ -6,7 +6,9 @@ integration loop (:func:`run_loop`: a scan over the save times, each a ``while``
 :mod:`odejax._integrate` runs plain solves with it too) under a ``jax.custom_vjp`` of its own:
 
 * **forward pass**: the plain loop, which also stores its carry every ``spans[0]`` steps
-  (``spans`` from :func:`spans`), and keeps the carries of its last ``w`` steps in a ring;
+  (``spans`` from :func:`spans`), and keeps the carries of its last ``w`` steps in a ring. A
+  stored carry leaves out what a step overwrites without reading (``keep``; the solver's
+  record of its last step's stages, most of the carry);
 * **backward pass**: back over those stretches, last first. Each is run forward again from its
   stored carry, storing at most ``w`` carries of it (every ``ceil(length / w)`` steps, so a short
   stretch is stored step by step at once), and so on down to single steps. A step is then
@@ -113,7 +115,9 @@ class _Reverse(NamedTuple):
     pending: Array  # saves not yet reversed: ts[:pending]
 
 
-def solve_loop(step, running, before, read, init, buffers, ts, t_end, max_steps, checkpoints):
+def solve_loop(
+    step, running, before, read, init, buffers, ts, t_end, max_steps, checkpoints, keep=None
+):
     """Run the integration loop with the checkpoint adjoint's reverse-mode rule.
 
     Args:
@@ -125,6 +129,10 @@ def solve_loop(step, running, before, read, init, buffers, ts, t_end, max_steps,
         t_end: the end time; stepping continues towards it after the last save time.
         max_steps: the most steps the loop may take.
         checkpoints: carries stored by the forward pass (default: see :func:`spans`).
+        keep: a pytree of bools like ``init`` (default: all true): false at the leaves that
+            ``step`` overwrites without reading them (a record of the last step, say). Those
+            are left out of every stored carry; a carry restored from the store holds
+            ``init``'s values there.
 
     Returns:
         ``(final carry, zs, buffers)``: ``zs`` of shape ``(num_save, ...)`` (``None`` without
@@ -142,24 +150,37 @@ def solve_loop(step, running, before, read, init, buffers, ts, t_end, max_steps,
         ts = jnp.zeros((0,), t_end.dtype)
     dyn, static = eqx.partition(fns, eqx.is_array)
     plan = spans(max_steps, checkpoints)
-    return _loop(static, plan, int(max_steps), init, buffers, ts, t_end, dyn)
+    mask = (
+        (True,) * len(jax.tree.leaves(init))
+        if keep is None
+        else tuple(bool(k) for k in jax.tree.leaves(keep))
+    )
+    if len(mask) != len(jax.tree.leaves(init)) or not any(mask):
+        raise ValueError("solve_loop: keep must be a pytree of bools like init, not all false.")
+    return _loop(static, (plan, mask), int(max_steps), init, buffers, ts, t_end, dyn)
 
 
 class _Rows:
     """Stored carries as a few 2-D arrays, one per dtype: row ``j`` is one carry, raveled.
 
     One array per dtype (not one per leaf) keeps a store to a couple of buffers, written with
-    one update per dtype.
+    one update per dtype. Only the leaves marked in ``mask`` are stored; :meth:`get` takes the
+    others from ``scratch`` (by default ``example``'s own).
     """
 
-    def __init__(self, example):
+    def __init__(self, example, mask: tuple[bool, ...], scratch: tuple | None = None):
         leaves, self.treedef = jax.tree.flatten(example)
-        self.shapes = [jnp.shape(x) for x in leaves]
-        self.dtypes = [jnp.result_type(x) for x in leaves]
+        self.mask = mask
+        self.scratch = (
+            tuple(x for x, k in zip(leaves, mask) if not k) if scratch is None else scratch
+        )
+        kept = [x for x, k in zip(leaves, mask) if k]
+        self.shapes = [jnp.shape(x) for x in kept]
+        self.dtypes = [jnp.result_type(x) for x in kept]
         self.groups = sorted({d.name: d for d in self.dtypes}.values(), key=lambda d: d.name)
 
     def _pack(self, c) -> list:
-        leaves = jax.tree.leaves(c)
+        leaves = [x for x, k in zip(jax.tree.leaves(c), self.mask) if k]
         return [
             jnp.concatenate([jnp.ravel(x) for x, d in zip(leaves, self.dtypes) if d == g])
             for g in self.groups
@@ -181,13 +202,14 @@ class _Rows:
     def get(self, store: list, j):
         rows = [a[j] for a in store]
         offsets = [0] * len(self.groups)
-        leaves = []
+        kept = []
         for shape, d in zip(self.shapes, self.dtypes):
             g = self.groups.index(d)
             n = int(np.prod(shape))
-            leaves.append(rows[g][offsets[g] : offsets[g] + n].reshape(shape))
+            kept.append(rows[g][offsets[g] : offsets[g] + n].reshape(shape))
             offsets[g] += n
-        return jax.tree.unflatten(self.treedef, leaves)
+        kept, scratch = iter(kept), iter(self.scratch)
+        return jax.tree.unflatten(self.treedef, [next(kept if k else scratch) for k in self.mask])
 
 
 def run_loop(fns: LoopFns, ts, t_end, init, buffers: tuple):
@@ -239,20 +261,21 @@ def _forward(fns: LoopFns, ts, t_end, init, buffers, store, span, rows=None):
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(0, 1, 2))
-def _loop(static, plan, max_steps, init, buffers, ts, t_end, dyn):
+def _loop(static, layout, max_steps, init, buffers, ts, t_end, dyn):
     return run_loop(eqx.combine(dyn, static), ts, t_end, init, buffers)
 
 
-def _loop_fwd(static, plan, max_steps, init, buffers, ts, t_end, dyn):
+def _loop_fwd(static, layout, max_steps, init, buffers, ts, t_end, dyn):
     fns = eqx.combine(dyn, static)
+    plan, mask = layout
     num = -(-max_steps // plan[0]) + 1
-    rows = _Rows(init)
+    rows = _Rows(init, mask)
     snaps = rows.empty(num, fill=init)  # row 0 holds the start also when no step is taken
     ring = rows.empty(-(-plan[0] // plan[1])) if len(plan) > 1 else None
     (c, bufs, (snaps, ring), total), zs = _forward(
         fns, ts, t_end, init, buffers, (snaps, ring), plan[0], rows
     )
-    return (c, zs, bufs), (snaps, ring, total, ts, t_end, dyn, c)
+    return (c, zs, bufs), (snaps, ring, total, ts, t_end, dyn, c, rows.scratch)
 
 
 def _inexact(x) -> bool:
@@ -279,9 +302,10 @@ def _zeros(tree):
     return jax.tree.map(lambda x: jnp.zeros_like(x) if _inexact(x) else None, tree)
 
 
-def _loop_bwd(static, plan, max_steps, res, ct):
-    snaps, ring, total, ts, t_end, dyn, final = res
-    rows = _Rows(final)
+def _loop_bwd(static, layout, max_steps, res, ct):
+    snaps, ring, total, ts, t_end, dyn, final, scratch = res
+    plan, mask = layout
+    rows = _Rows(final, mask, scratch)  # restored carries hold init's unstored leaves
     fns = eqx.combine(dyn, static)
     c_bar, zs_bar, bufs_bar = ct
     c_bar = jax.tree.map(lambda b, x: b.astype(x.dtype), _diff(c_bar), _diff(final))

@@ -530,18 +530,23 @@ def integrate(f, z0, t0, t1, ts, args, opts: Options, static: Static, event=None
         )
         final = final._replace(dense=dense_out)
     elif static.loop == "checkpoint":
-        # The same loop under the checkpoint adjoint's own reverse-mode rule.
+        # The same loop under the checkpoint adjoint's own reverse-mode rule. A step
+        # overwrites `last` without reading it, so stored carries leave it out.
+        init = state._replace(dense=())
+        keep = jax.tree.map(lambda _: True, init)
+        keep = keep._replace(last=jax.tree.map(lambda _: False, init.last))
         final, zs, dense_out = solve_loop(
             attempt,
             cond,
             before,
             read_off,
-            state._replace(dense=()),
+            init,
             state.dense,
             ts if save_ts else None,
             t1,
             static.max_steps,
             static.checkpoints,
+            keep,
         )
         final = final._replace(dense=dense_out)
     else:  # "checkpoint-ad"

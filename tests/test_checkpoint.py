@@ -184,3 +184,29 @@ def test_memory_grows_slowly_with_max_steps():
 
     # 100x the steps: three levels of 47 carries against two of 32 (a cube root's growth).
     assert temp(100_000) < 3 * temp(1_000)
+
+
+def test_leaves_the_step_overwrites_are_not_stored():
+    from odejax._checkpoint import solve_loop
+
+    def run(a, keep):
+        def step(c):
+            x, n, _record = c  # the record is written, never read
+            new = x + 0.1 * jnp.sin(a * x)
+            return (new, n + 1, jnp.stack([x, new, a * x, a])), ()
+
+        init = (jnp.array(1.0), jnp.zeros((), jnp.int32), jnp.zeros(4))
+        c, _, _ = solve_loop(
+            step, lambda c: c[1] < 50, None, None, init, (), None, jnp.array(0.0), 64, None, keep
+        )
+        return c[0] + jnp.sum(c[2] ** 2)
+
+    grads, temps = {}, {}
+    for keep in (None, (True, True, False)):
+        fn = jax.jit(jax.grad(run), static_argnums=1)
+        grads[keep] = fn(1.3, keep)
+        temps[keep] = fn.lower(1.3, keep).compile().memory_analysis().temp_size_in_bytes
+    np.testing.assert_allclose(grads[None], grads[True, True, False], rtol=1e-12)
+    assert temps[True, True, False] < temps[None]
+    with pytest.raises(ValueError, match="keep"):
+        run(1.3, (False, False, False))
