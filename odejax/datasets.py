@@ -151,8 +151,9 @@ def spirals(
     counter-clockwise one ``r = a + b θ`` centred at ``(+5, 0)`` and a clockwise one with
     ``θ' = stop + 1 - θ``, ``r = a + 50 b / θ'`` centred at ``(-5, 0)``. Each sample picks a
     rotation at random and a window of ``n_sample`` consecutive points starting at a uniform index
-    in ``[n_sample, n_total - n_sample)``, adds Gaussian noise, and optionally keeps only
-    ``n_obs`` random points of the window (irregular sampling).
+    in ``[n_sample, n_total - n_sample - E)`` (so that the ``E = extrapolate`` points after the
+    window lie on the spiral too), adds Gaussian noise, and optionally keeps only ``n_obs``
+    random points of the window (irregular sampling).
 
     Args:
         key: a ``jax.random`` key.
@@ -177,6 +178,11 @@ def spirals(
         raise ValueError(f"n_obs must be in [1, n_sample={n_sample}], got {n_obs}.")
     if not 0 <= extrapolate <= n_sample:
         raise ValueError(f"extrapolate must be in [0, n_sample={n_sample}], got {extrapolate}.")
+    if 2 * n_sample + extrapolate >= n_total:
+        raise ValueError(
+            "need 2 * n_sample + extrapolate < n_total (windows start at index n_sample or later"
+            f" and must end on the spiral), got {n_sample=}, {extrapolate=}, {n_total=}."
+        )
     orig_ts = jnp.linspace(0.0, stop, n_total)
     th_cw = stop + 1.0 - orig_ts
     r_cw = a + b * 50.0 / th_cw
@@ -185,11 +191,10 @@ def spirals(
     cc = jnp.stack([r_cc * jnp.cos(orig_ts) + 5.0, r_cc * jnp.sin(orig_ts)], axis=-1)
 
     k_start, k_dir, k_noise, k_obs = jax.random.split(key, 4)
-    start = jax.random.randint(k_start, (n,), n_sample, n_total - n_sample)
+    start = jax.random.randint(k_start, (n,), n_sample, n_total - n_sample - extrapolate)
     clockwise = jax.random.bernoulli(k_dir, 0.5, (n,))
     full = jnp.where(clockwise[:, None, None], cw[None], cc[None])  # (n, n_total, 2)
-    window = start[:, None] + jnp.arange(n_sample + extrapolate)[None, :]
-    window = jnp.minimum(window, n_total - 1)
+    window = start[:, None] + jnp.arange(n_sample + extrapolate)[None, :]  # < n_total
     traj = jnp.take_along_axis(full, window[..., None], axis=1)
     true, true_extrap = traj[:, :n_sample], traj[:, n_sample:]
     ys = true + noise_std * jax.random.normal(k_noise, true.shape)

@@ -157,6 +157,17 @@ def test_spirals_irregular_sampling():
         datasets.spirals(KEY, 2, n_sample=50, n_total=200, n_obs=60)
 
 
+def test_spirals_extrapolation_stays_on_the_spiral():
+    # Windows start late enough here that a start range ignoring the extrapolated points would
+    # run off the spiral's end (the continuation frozen at its last point).
+    data = datasets.spirals(KEY, 400, n_sample=50, n_total=160, extrapolate=50)
+    path = jnp.concatenate([data.true, data.true_extrap], axis=1)
+    gaps = jnp.linalg.norm(jnp.diff(path, axis=1), axis=-1)
+    assert float(gaps.min()) > 1e-3
+    with pytest.raises(ValueError, match="extrapolate < n_total"):
+        datasets.spirals(KEY, 2, n_sample=50, n_total=150, extrapolate=50)
+
+
 def test_concentric_circles_and_densities():
     x, y = datasets.concentric_circles(KEY, 101, r1=0.5, r2=1.0, r3=1.5)
     r = jnp.linalg.norm(x, axis=1)
