@@ -97,6 +97,7 @@ def environment(command: str, mode: str, settings: Settings) -> dict:
         "mode": mode,
         "settings": dataclasses.asdict(settings),
         "torch_threads": _torch_threads(),
+        "xla_flags": os.environ.get("XLA_FLAGS", ""),
     }
 
 
@@ -347,6 +348,8 @@ def markdown(env: dict, adapters: list[Adapter], run: Run, verdicts, workloads) 
         f"and training workloads: {s['grad_first_call_repeats']}, "
         + ("after an untimed warm-up)" if s["grad_warmup"] else "no warm-up)"),
         f"- torch: {env['torch_threads']} intra-op threads (`torch.set_num_threads`), CPU",
+        "- XLA_FLAGS: "
+        + (f"`{env['xla_flags']}`" if env.get("xla_flags") else "not set (XLA's defaults)"),
         "- Forward solves: rtol 1e-6, atol 1e-9, float64, every JAX solve under `jax.jit`",
     ]
     lines += [f"  - {a.name}: {a.settings}" for a in adapters]
