@@ -150,12 +150,9 @@ def solve_loop(
         ts = jnp.zeros((0,), t_end.dtype)
     dyn, static = eqx.partition(fns, eqx.is_array)
     plan = spans(max_steps, checkpoints)
-    mask = (
-        (True,) * len(jax.tree.leaves(init))
-        if keep is None
-        else tuple(bool(k) for k in jax.tree.leaves(keep))
-    )
-    if len(mask) != len(jax.tree.leaves(init)) or not any(mask):
+    num_leaves = len(jax.tree.leaves(init))
+    mask = (True,) * num_leaves if keep is None else tuple(bool(k) for k in jax.tree.leaves(keep))
+    if len(mask) != num_leaves or not any(mask):
         raise ValueError("solve_loop: keep must be a pytree of bools like init, not all false.")
     return _loop(static, (plan, mask), int(max_steps), init, buffers, ts, t_end, dyn)
 

@@ -171,8 +171,8 @@ def spirals(
     Returns:
         A :class:`SpiralData`.
     """
-    if n_sample < 1 or 2 * n_sample >= n_total:
-        raise ValueError(f"need 2 * n_sample < n_total, got n_sample={n_sample}, {n_total=}.")
+    if n_sample < 1:
+        raise ValueError(f"n_sample must be at least 1, got {n_sample}.")
     n_obs = n_sample if n_obs is None else n_obs
     if not 1 <= n_obs <= n_sample:
         raise ValueError(f"n_obs must be in [1, n_sample={n_sample}], got {n_obs}.")
