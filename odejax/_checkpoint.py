@@ -52,6 +52,7 @@ SECOND_ORDER = (
 )
 
 WIDTH = 24  # the most carries stored per level
+READ_CHUNK = 8  # the most saves reversed in one vectorised read
 
 
 def spans(n: int, checkpoints: int | None = None) -> tuple[int, ...]:
@@ -307,19 +308,32 @@ def _loop_bwd(static, layout, max_steps, res, ct):
     c_bar, zs_bar, bufs_bar = ct
     c_bar = jax.tree.map(lambda b, x: b.astype(x.dtype), _diff(c_bar), _diff(final))
 
-    def read_back(c, k, r: _Reverse) -> _Reverse:
-        """Reverse of reading save ``k`` off carry ``c``: cotangents onto ``c``, ``ts[k]``."""
+    chunk = max(1, min(READ_CHUNK, ts.shape[0]))
+
+    def read_back(c, passed, r: _Reverse) -> _Reverse:
+        """Reverse of reading saves ``ts[k]``, ``k = pending - 1, pending - 2, ...`` (at most
+        ``chunk`` of them, while ``passed(k)`` holds) off carry ``c``: cotangents onto ``c`` and
+        ``ts``. The chunk is read in one vectorised call; its rows past the first ``k`` for
+        which ``passed`` fails read ``ts[pending - 1]`` again, with a zero cotangent."""
+        k = r.pending - 1 - jnp.arange(chunk)
+        ok = (k >= 0) & jax.vmap(passed)(jnp.maximum(k, 0))
+        ok = jnp.cumprod(ok.astype(jnp.int32)).astype(bool)  # a run from pending - 1 down
+        k_safe = jnp.where(ok, k, r.pending - 1)
 
         def fn(d, ti, p):
-            return eqx.combine(_merge(p, dyn.read), static.read)(_merge(d, c), ti)
+            read = eqx.combine(_merge(p, dyn.read), static.read)
+            return jax.vmap(read, in_axes=(None, 0))(_merge(d, c), ti)
 
-        _, vjp = jax.vjp(fn, _diff(c), ts[k], _diff(dyn.read))
-        d_bar, ti_bar, p_bar = vjp(zs_bar[k])
+        _, vjp = jax.vjp(fn, _diff(c), ts[k_safe], _diff(dyn.read))
+        zk_bar = jax.tree.map(
+            lambda b: jnp.where(ok.reshape((-1,) + (1,) * (b.ndim - 1)), b[k_safe], 0), zs_bar
+        )
+        d_bar, ti_bar, p_bar = vjp(zk_bar)
         return r._replace(
             c_bar=_add(r.c_bar, d_bar),
             read_bar=_add(r.read_bar, p_bar),
-            ts_bar=r.ts_bar.at[k].add(ti_bar),
-            pending=k,
+            ts_bar=r.ts_bar.at[jnp.where(ok, k, ts.shape[0])].add(ti_bar, mode="drop"),
+            pending=r.pending - jnp.sum(ok.astype(jnp.int32)),
         )
 
     def reverse_step(c, r: _Reverse) -> _Reverse:
@@ -332,11 +346,14 @@ def _loop_bwd(static, layout, max_steps, res, ct):
         _, vjp, (after, idx) = jax.vjp(fn, _diff(c), _diff(dyn.step), has_aux=True)
         if fns.read is not None:  # the saves this step passed: ts[k] not yet reached at c
 
-            def passed(r):
-                k = r.pending - 1
-                return (k >= 0) & fns.before(c, ts[jnp.maximum(k, 0)])
+            def passed(k):
+                return fns.before(c, ts[k])
 
-            r = lax.while_loop(passed, lambda r: read_back(after, r.pending - 1, r), r)
+            def more(r):
+                k = r.pending - 1
+                return (k >= 0) & passed(jnp.maximum(k, 0))
+
+            r = lax.while_loop(more, lambda r: read_back(after, passed, r), r)
         w_bar = tuple(
             jnp.where(i < b.shape[0], b[jnp.minimum(i, b.shape[0] - 1)], 0)
             for i, b in zip(idx, bufs_bar)
@@ -421,7 +438,8 @@ def _loop_bwd(static, layout, max_steps, res, ct):
     r = lax.while_loop(lambda s: s[0] >= 0, top, (num - 1, r))[1]
     if fns.read is not None:  # saves at the start, before any step
         init = rows.get(snaps, 0)
-        r = lax.while_loop(lambda r: r.pending > 0, lambda r: read_back(init, r.pending - 1, r), r)
+        every = lambda k: jnp.ones((), bool)  # noqa: E731
+        r = lax.while_loop(lambda r: r.pending > 0, lambda r: read_back(init, every, r), r)
     dyn_bar = LoopFns(r.step_bar, _zeros(dyn.running), _zeros(dyn.before), r.read_bar)
     bufs0_bar = tuple(jnp.zeros_like(b) for b in bufs_bar)
     out = (r.c_bar, bufs0_bar, r.ts_bar, jnp.zeros_like(t_end), dyn_bar)

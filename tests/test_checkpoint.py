@@ -15,7 +15,7 @@ from jax.test_util import check_grads
 from test_adjoint import forced, vdp  # the same fields as the other adjoint tests
 
 import odejax
-from odejax._checkpoint import WIDTH, spans
+from odejax._checkpoint import READ_CHUNK, WIDTH, spans
 
 AD = odejax.CheckpointAdjoint(higher_order=True)
 TS = jnp.linspace(0.0, 3.0, 7)
@@ -76,6 +76,28 @@ def test_short_solves_reversed_from_the_ring(tol):
 
     grad = jax.jit(jax.grad(loss), static_argnums=1)
     np.testing.assert_allclose(grad(1.5, "checkpoint"), grad(1.5, AD), rtol=1e-9)
+
+
+def test_many_saves_per_step():
+    """Two hundred save times over a few steps: each step's saves are reversed in chunks of
+    ``READ_CHUNK``, several per step, the last one partial; the gradients, ``ts``'s included,
+    are those of autodiff through the steps. Backwards in time too."""
+    ts = jnp.linspace(0.0, 2.0, 200)
+    for times in (ts, ts[::-1]):
+        grad = jax.jit(
+            jax.grad(
+                lambda z0, mu, ts, ad: jnp.sum(
+                    odejax.odeint(vdp, z0, ts, mu, adjoint=ad, rtol=1e-3, atol=1e-3) ** 2
+                ),
+                argnums=(0, 1, 2),
+            ),
+            static_argnums=3,
+        )
+        ref = grad(Z0, 1.5, times, AD)
+        for a, b in zip(grad(Z0, 1.5, times, "checkpoint"), ref):
+            np.testing.assert_allclose(a, b, rtol=1e-9, atol=1e-12)
+    steps = odejax.solve(vdp, Z0, 0.0, 2.0, args=1.5, rtol=1e-3, atol=1e-3).stats["num_steps"]
+    assert 200 / int(steps) > 2 * READ_CHUNK  # several chunks per step
 
 
 def test_matches_finite_differences():
