@@ -438,7 +438,10 @@ def _loop_bwd(static, layout, max_steps, res, ct):
     r = lax.while_loop(lambda s: s[0] >= 0, top, (num - 1, r))[1]
     if fns.read is not None:  # saves at the start, before any step
         init = rows.get(snaps, 0)
-        every = lambda k: jnp.ones((), bool)  # noqa: E731
+
+        def every(k):  # every save still pending is at the start
+            return jnp.ones((), bool)
+
         r = lax.while_loop(lambda r: r.pending > 0, lambda r: read_back(init, every, r), r)
     dyn_bar = LoopFns(r.step_bar, _zeros(dyn.running), _zeros(dyn.before), r.read_bar)
     bufs0_bar = tuple(jnp.zeros_like(b) for b in bufs_bar)
