@@ -223,10 +223,52 @@ def run_loop(fns: LoopFns, ts, t_end, init, buffers: tuple):
     return c, zs, bufs
 
 
+class _Scalars:
+    """A loop carry with its scalars packed into one vector per dtype.
+
+    XLA:CPU runs each array of a loop's carry as its own buffer, written by its own kernel: a
+    step's bookkeeping (time, step size, error memory, counters, status: a dozen scalars) would
+    be a dozen tiny kernels per step, and as many copies and initial kernels outside the loop.
+    Packed, each dtype's scalars are one buffer written by one kernel; unpacking is slicing,
+    which fuses into the consumers.
+    """
+
+    def __init__(self, example):
+        leaves, self.treedef = jax.tree.flatten(example)
+        groups: dict[Any, list[int]] = {}
+        for i, x in enumerate(leaves):
+            if jnp.ndim(x) == 0 and not jax.dtypes.issubdtype(
+                jnp.result_type(x), jax.dtypes.extended
+            ):
+                groups.setdefault(jnp.result_type(x), []).append(i)
+        self.groups = [(d, tuple(ix)) for d, ix in groups.items() if len(ix) > 1]
+        self.packed = {i for _, ix in self.groups for i in ix}
+        self.num_leaves = len(leaves)
+
+    def pack(self, tree) -> tuple[list, list]:
+        leaves = jax.tree.leaves(tree)
+        rest = [x for i, x in enumerate(leaves) if i not in self.packed]
+        vecs = [
+            jnp.stack([lax.convert_element_type(leaves[i], d) for i in ix]) for d, ix in self.groups
+        ]
+        return rest, vecs
+
+    def unpack(self, packed: tuple[list, list]):
+        rest, vecs = packed
+        leaves = [None] * self.num_leaves
+        for (_, ix), v in zip(self.groups, vecs):
+            for j, i in enumerate(ix):
+                leaves[i] = v[j]
+        rest = iter(rest)
+        leaves = [next(rest) if i not in self.packed else x for i, x in enumerate(leaves)]
+        return jax.tree.unflatten(self.treedef, leaves)
+
+
 def _forward(fns: LoopFns, ts, t_end, init, buffers, store, span, rows=None):
     """The loop itself. With ``store = (snaps, ring)`` it also counts its steps and stores the
     carry before steps ``0, span, 2 span, ...`` in ``snaps`` and before each of the last
-    ``len(ring)`` steps in ``ring`` (step ``n`` in row ``n % len(ring)``)."""
+    ``len(ring)`` steps in ``ring`` (step ``n`` in row ``n % len(ring)``). Its carry's scalars
+    ride packed (:class:`_Scalars`)."""
 
     def one_step(s):
         c, bufs, store, n = s
@@ -241,21 +283,28 @@ def _forward(fns: LoopFns, ts, t_end, init, buffers, store, span, rows=None):
 
     n0 = jnp.zeros((), jnp.int32) if store is not None else None  # the count only when storing
     s = (init, buffers, store, n0)
-    if fns.read is None:
-        s = lax.while_loop(lambda s: fns.running(s[0]), one_step, s)
-        return s, None
+    packing = _Scalars(s)
 
-    def save_one(s, ti):
-        def keep(s):
-            c = s[0]
+    def packed_step(p):
+        return packing.pack(one_step(packing.unpack(p)))
+
+    if fns.read is None:
+        p = lax.while_loop(
+            lambda p: fns.running(packing.unpack(p)[0]), packed_step, packing.pack(s)
+        )
+        return packing.unpack(p), None
+
+    def save_one(p, ti):
+        def keep(p):
+            c = packing.unpack(p)[0]
             return fns.running(c) & fns.before(c, ti)
 
-        s = lax.while_loop(keep, one_step, s)
-        return s, fns.read(s[0], ti)
+        p = lax.while_loop(keep, packed_step, p)
+        return p, fns.read(packing.unpack(p)[0], ti)
 
     # The scan ends with t_end itself (its value dropped), so the step is compiled once.
-    s, zs = lax.scan(save_one, s, jnp.concatenate([ts, t_end[None]]))
-    return s, zs[:-1]
+    p, zs = lax.scan(save_one, packing.pack(s), jnp.concatenate([ts, t_end[None]]))
+    return packing.unpack(p), zs[:-1]
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(0, 1, 2))
