@@ -280,13 +280,17 @@ def _backsolve_solve(adjoint, f, z0, t0, t1, ts, args, opts, static):
     def field(z, t, p):
         return eqx.combine(p[0], f_static)(z, t, eqx.combine(p[1], a_static))
 
-    conv, consts = jax.closure_convert(field, z0, t0, (f_dyn, a_dyn))
+    # Closed-over tracers (of any dtype: an integer one must not stay baked into the rule's
+    # static field either) become inputs; concrete constants stay in the field.
+    conv = eqx.filter_closure_convert(field, z0, t0, (f_dyn, a_dyn))
+    traced, concrete = eqx.partition(conv, lambda x: isinstance(x, jax.core.Tracer))
+    tdtype = t0.dtype
 
     def vector_field(z, t, params):
-        p, consts = params
-        return conv(z, t.astype(t0.dtype), p, *consts)  # the traced field fixes t's dtype
+        p, traced = params
+        return eqx.combine(traced, concrete)(z, t.astype(tdtype), p)  # t's dtype as traced
 
-    params = ((f_dyn, a_dyn), tuple(consts))
+    params = ((f_dyn, a_dyn), traced)
     inner = ts if ts is not None else jnp.zeros((0,), t0.dtype)
     grid = jnp.concatenate([t0[None], inner, t1[None]])
     adjoint = dataclasses.replace(adjoint, state=adjoint.resolve_state(static.solver))

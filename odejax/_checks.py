@@ -51,6 +51,11 @@ def state_dtype(z0) -> jnp.dtype:
                 f"z0 has a leaf of dtype {dt}; ODE states must be floating point. Pass floats,"
                 " e.g. jnp.asarray(z0, dtype=float)."
             )
+        if jnp.issubdtype(dt, jnp.complexfloating):
+            raise TypeError(
+                f"z0 has a complex leaf (dtype {dt}); odejax solves real states. Split it into"
+                " real and imaginary parts, e.g. z0 = (z.real, z.imag), with f acting on both."
+            )
         dtypes.append(dt)
     return jnp.result_type(*dtypes)
 
@@ -152,29 +157,33 @@ def raise_if_failed(
 ):
     """Raise :class:`OdeSolveError` at run time if ``status`` is not success; returns ``x``.
 
-    The host callback sits in the failing branch of a ``lax.cond`` and passes ``x`` through, so a
-    successful solve pays for one comparison only. Under ``vmap`` the predicate is reduced over
-    the whole batch (:func:`_any_failed`), so the ``cond`` stays a ``cond`` (not a ``select``
-    running both branches): no host callback unless a member failed. Tangents pass straight
-    through.
+    ``x`` is a pytree of arrays: every output of the solve, so that the check runs whichever
+    of them the caller uses (a check tied to one output only would be dead code, removed by
+    XLA, when that output is not used). The host callback sits in the failing branch of a
+    ``lax.cond`` and passes ``x`` through, so a successful solve pays for one comparison only.
+    Under ``vmap`` the predicate is reduced over the whole batch (:func:`_any_failed`), so the
+    ``cond`` stays a ``cond`` (not a ``select`` running both branches): no host callback unless
+    a member failed. Tangents pass straight through.
     """
+    leaves, treedef = jax.tree.flatten(x)
 
     @jax.custom_jvp
-    def check(x, status, t_final, t1):
-        def fail(x):
-            struct = jax.ShapeDtypeStruct(x.shape, x.dtype)
+    def check(leaves, status, t_final, t1):
+        def fail(leaves):
+            structs = [jax.ShapeDtypeStruct(v.shape, v.dtype) for v in leaves]
             return jax.pure_callback(
-                report, struct, x, status, t_final, t1, vmap_method="broadcast_all"
+                report, structs, leaves, status, t_final, t1, vmap_method="broadcast_all"
             )
 
-        return lax.cond(_any_failed(status), fail, lambda x: x, x)
+        return lax.cond(_any_failed(status), fail, lambda v: v, leaves)
 
     @check.defjvp
     def _(primals, tangents):
         return check(*primals), tangents[0]
 
-    def report(x, status, t_final, t1):
+    def report(leaves, status, t_final, t1):
         _raise(status, t_final, t1, max_steps, backward, has_dtmin)
-        return x
+        return leaves
 
-    return check(x, status, lax.stop_gradient(t_final), lax.stop_gradient(t1))
+    out = check(leaves, status, lax.stop_gradient(t_final), lax.stop_gradient(t1))
+    return jax.tree.unflatten(treedef, out)

@@ -85,8 +85,8 @@ def rms_norm(x: Array) -> Array:
     The square root is taken of ``max(mean, tiny)`` so that its derivative stays finite at zero
     (a zero error or state must not turn reverse-mode gradients into ``nan``).
     """
-    if not x.size:
-        return jnp.zeros((), x.dtype)
+    if not x.size:  # an empty state: as a zero vector
+        return jnp.sqrt(jnp.asarray(jnp.finfo(x.dtype).tiny, x.dtype))
     ms = jnp.mean(x * x)
     return jnp.sqrt(jnp.maximum(ms, jnp.finfo(x.dtype).tiny))
 
@@ -105,13 +105,21 @@ def initial_step(fn, t0, z0, f0, atol, rtol, order: int, direction) -> Array:
         The signed initial step.
     """
     scale = atol + rtol * jnp.abs(z0)
-    d0 = rms_norm(z0 / scale)
-    d1 = rms_norm(f0 / scale)
+    # A component with a zero scale (atol = 0 at z0 = 0) has no size to measure a relative
+    # change by: it is left out of the norms below.
+    measured = scale > 0
+    safe = jnp.where(measured, scale, 1)
+
+    def scaled(x):
+        return jnp.where(measured, x / safe, 0)
+
+    d0 = rms_norm(scaled(z0))
+    d1 = rms_norm(scaled(f0))
     small = (d0 < 1e-5) | (d1 < 1e-5)
     h0 = jnp.where(small, 1e-6, 0.01 * d0 / jnp.where(small, 1.0, d1))
     h0 = h0.astype(z0.dtype)
     f1 = fn((t0 + direction * h0).astype(t0.dtype), z0 + direction * h0 * f0)
-    d2 = rms_norm((f1 - f0) / scale) / h0
+    d2 = rms_norm(scaled(f1 - f0)) / h0
     dmax = jnp.maximum(d1, d2)
     h1 = jnp.where(
         dmax <= 1e-15,

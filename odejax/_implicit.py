@@ -220,6 +220,9 @@ def esdirk_step(
     hg = dz * tab.gamma
     _, mat = iteration_matrix(solver.linear_solver, fn, t, z, hg, krylov=solver.krylov, rtol=rtol)
     scale = atol + rtol * jnp.abs(z)
+    # atol = 0 at a zero component gives Newton no size to converge to there: borrow the
+    # largest component's (or 1's) relative size.
+    scale = jnp.where(scale > 0, scale, rtol * jnp.maximum(jnp.max(jnp.abs(z)), 1))
     kappa = solver.newton_kappa
     kmax = solver.newton_max_iters
     tiny = jnp.finfo(z.dtype).eps

@@ -30,6 +30,7 @@ an event and with an explicit solver the compiled loop is exactly the plain one.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable
 from typing import NamedTuple
 
@@ -107,10 +108,13 @@ class Options(NamedTuple):
 
 def flatten_tol(tol, z0, dtype):
     """A tolerance as a scalar array, or ravelled per component when given as a pytree like z0."""
-    if not jax.tree.leaves(tol):
+    leaves, treedef = jax.tree.flatten(tol)
+    if not leaves:
         raise ValueError("Tolerances must be numbers or a pytree of numbers like z0.")
-    if len(jax.tree.leaves(tol)) == 1 and jnp.ndim(jax.tree.leaves(tol)[0]) == 0:
-        return jnp.asarray(jax.tree.leaves(tol)[0], dtype)
+    # One number: the same for every component (a bare number, or a pytree like z0's).
+    alike = jax.tree_util.treedef_is_leaf(treedef) or treedef == jax.tree.structure(z0)
+    if len(leaves) == 1 and jnp.ndim(leaves[0]) == 0 and alike:
+        return jnp.asarray(leaves[0], dtype)
     try:
         full = jax.tree.map(
             lambda t, z: jnp.broadcast_to(jnp.asarray(t, dtype), jnp.shape(z)), tol, z0
@@ -206,6 +210,7 @@ def integrate(f, z0, t0, t1, ts, args, opts: Options, static: Static, event=None
     f0 = fn(t0, z_flat)
     nfe0 = 1
     if static.has_dt0:
+        dt0 = eqx.error_if(dt0, ~(jnp.abs(dt0) > 0), "dt0 must be non-zero and not nan.")
         dt_init = direction * jnp.abs(dt0)
     else:
         dt_init = initial_step(fn, t0, z_flat, f0, atol, rtol, solver.order, direction)
@@ -323,6 +328,15 @@ def integrate(f, z0, t0, t1, ts, args, opts: Options, static: Static, event=None
         z_ev = z_at + zdot * delta
         return t_ev, z_ev, k
 
+    # Rounding noise in t is relative to the largest time in play (t0 too: a fixed-step solve
+    # counts its steps from it).
+    t_big = jnp.maximum(jnp.abs(t0), jnp.abs(t1))
+
+    def land(t_try):
+        """The end of a step aimed at ``t_try``: exactly ``t1`` if only rounding noise is left."""
+        slack = 64 * jnp.finfo(tdtype).eps * jnp.maximum(jnp.abs(t_try), t_big)
+        return jnp.where(direction * (t1 - t_try) <= slack, t1, t_try)
+
     def attempt(st: _LoopState) -> tuple[_LoopState, tuple]:
         """One attempted step; also the dense output's writes (``(index, value)`` pairs)."""
         t, z = st.t, st.z
@@ -330,10 +344,8 @@ def integrate(f, z0, t0, t1, ts, args, opts: Options, static: Static, event=None
             t_try = t + st.dt
         else:  # count fixed steps from t0 so rounding does not accumulate
             t_try = t0 + (st.num_accepted + 1).astype(tdtype) * st.dt
-        # Land exactly on t1, folding in a remainder that is only rounding noise.
-        slack = 64 * jnp.finfo(tdtype).eps * jnp.maximum(jnp.abs(t_try), jnp.abs(t1))
-        final_step = direction * (t1 - t_try) <= slack
-        t_next = jnp.where(final_step, t1, t_try)
+        t_next = land(t_try)
+        final_step = t_next == t1
         dt = t_next - t
         if stiff:
             step = stiff_step(solver, fn, t, z, dt, st.f0, rtol, atol)
@@ -342,6 +354,9 @@ def integrate(f, z0, t0, t1, ts, args, opts: Options, static: Static, event=None
 
         if solver.adaptive:
             scale = atol + rtol * jnp.maximum(jnp.abs(z), jnp.abs(step.z1))
+            # A zero scale (atol = 0 where z stays 0) counts a zero error as zero, any other as
+            # too large.
+            scale = jnp.where(scale > 0, scale, jnp.finfo(dtype).tiny)
             scaled = step.err / scale
             err = channel_norm(scaled, static.norm_channels)
             log_err = jnp.log(err)
@@ -361,12 +376,16 @@ def integrate(f, z0, t0, t1, ts, args, opts: Options, static: Static, event=None
             log_err_prev = st.log_err_prev
         if static.has_dtmax:
             dt_new = direction * jnp.minimum(jnp.abs(dt_new), dtmax)
-        underflow = (t + dt_new == t) | ~jnp.isfinite(dt_new)  # nan from a nan start too
+        # The step cannot shrink any more: it vanishes in t, or (t too coarse for it) the next
+        # attempt would end where the rejected one did.
+        underflow = (t + dt_new == t) | (land(t + dt_new) == t_next) | ~jnp.isfinite(dt_new)
         if static.has_dtmin:
             underflow = underflow | (jnp.abs(dt_new) < dtmin)
         if not solver.adaptive:
             underflow = ~finite
 
+        # No progress: a rejected step that cannot shrink, or a step so short that t + dt == t.
+        stalled = (~accept & underflow) | (t_next == t)
         t_new = jnp.where(accept, t_next, t)
         z_new = jnp.where(accept, step.z1, z)
         f0_new = jnp.where(accept, step.f1, st.f0)
@@ -459,7 +478,7 @@ def integrate(f, z0, t0, t1, ts, args, opts: Options, static: Static, event=None
                     num_steps >= static.max_steps,
                     Status.MAX_STEPS_REACHED,
                     jnp.where(
-                        ~accept & underflow,
+                        stalled,
                         jnp.where(finite, Status.DT_UNDERFLOW, Status.NONFINITE),
                         _RUNNING,
                     ),
@@ -473,7 +492,7 @@ def integrate(f, z0, t0, t1, ts, args, opts: Options, static: Static, event=None
                     num_steps >= static.max_steps,
                     Status.MAX_STEPS_REACHED,
                     jnp.where(
-                        ~accept & underflow,
+                        stalled,
                         jnp.where(finite, Status.DT_UNDERFLOW, Status.NONFINITE),
                         _RUNNING,
                     ),
@@ -588,19 +607,6 @@ def integrate(f, z0, t0, t1, ts, args, opts: Options, static: Static, event=None
     if static.progress:
         _progress.progress_close(pkey, final.t, final.num_steps)
 
-    if static.throw:
-        status = final.status
-        if has_event:  # a terminal event is a success
-            status = jnp.where(status == Status.EVENT, Status.SUCCESS, status)
-        zs = _checks.raise_if_failed(
-            zs,
-            status,
-            final.t,
-            t1,
-            static.max_steps,
-            backward=static.backward,
-            has_dtmin=static.has_dtmin,
-        )
     trivial = t0 == t1
     if stiff:
         nfe = nfe0 + final.extra[0]
@@ -622,6 +628,8 @@ def integrate(f, z0, t0, t1, ts, args, opts: Options, static: Static, event=None
         # Unused tail nodes repeat the end time so the search over nodes stays sorted.
         idx = jnp.arange(static.max_steps + 1)
         t_nodes = jnp.where(idx <= final.num_accepted, t_nodes, final.t)
+        # With no step accepted (t0 == t1, or a failure at once) the only node is the start.
+        z_nodes = z_nodes.at[0].set(jnp.where(final.num_accepted > 0, z_nodes[0], z_flat))
         interp = DenseInterpolation(
             t_nodes=t_nodes,
             z_nodes=z_nodes,
@@ -637,13 +645,36 @@ def integrate(f, z0, t0, t1, ts, args, opts: Options, static: Static, event=None
         ev_out = dict(
             event_time=t_ev, event_index=k_ev, event_state=unravel(z_ev), num_events=num_ev
         )
-    return Solution(
+    sol = Solution(
         ts=ts if save_ts else t1[None],
         zs=jax.vmap(unravel)(zs),
         stats=stats,
         status=final.status,
         t_final=final.t,
         interpolation=interp,
-        dt_next=final.dt,
+        dt_next=lax.stop_gradient(final.dt),  # a suggestion, not differentiated
         **ev_out,
     )
+    if static.throw:
+        # Each output passes a check of its own, so the check runs whichever of them is used;
+        # a check on an output that is not used is dead code, removed with it.
+        status = final.status
+        if has_event:  # a terminal event is a success
+            status = jnp.where(status == Status.EVENT, Status.SUCCESS, status)
+        checked = {}
+        for field in dataclasses.fields(sol):
+            value = getattr(sol, field.name)
+            if field.name != "ts" and jax.tree.leaves(eqx.filter(value, eqx.is_array)):
+                arrays, rest = eqx.partition(value, eqx.is_array)
+                arrays = _checks.raise_if_failed(
+                    arrays,
+                    status,
+                    final.t,
+                    t1,
+                    static.max_steps,
+                    backward=static.backward,
+                    has_dtmin=static.has_dtmin,
+                )
+                checked[field.name] = eqx.combine(arrays, rest)
+        sol = dataclasses.replace(sol, **checked)
+    return sol

@@ -143,6 +143,28 @@ def test_closure_over_traced_values_gets_its_gradient():
         np.testing.assert_allclose(jax.grad(loss)(0.7, adjoint), exact, rtol=1e-8)
 
 
+def test_closure_over_traced_integer_under_jit_and_vmap():
+    """An integer (or bool) tracer closed over by f is not differentiable but must not leak
+    into the backsolve rule's static field (it did: a lowering error under jit and vmap)."""
+
+    def loss(z0, n, adjoint="backsolve"):
+        return jnp.sum(odejax.solve(lambda z, t, a: -n * z, z0, 0.0, 1.0, adjoint=adjoint).zs)
+
+    z0 = jnp.array([1.0, 0.5])
+    want = jax.grad(loss)(z0, 2, "checkpoint")
+    np.testing.assert_allclose(jax.jit(jax.grad(loss))(z0, 2), want, rtol=1e-6)
+    got = jax.vmap(jax.grad(loss), (None, 0))(z0, jnp.array([1, 2]))
+    np.testing.assert_allclose(got[1], want, rtol=1e-6)
+
+
+def test_dt_next_is_not_differentiated():
+    def dt_next(mu, adjoint):
+        return odejax.solve(vdp, Z0, 0.0, 1.0, args=mu, adjoint=adjoint).dt_next
+
+    for adjoint in ADJOINTS:
+        assert float(jax.grad(dt_next)(2.0, adjoint)) == 0.0
+
+
 def test_second_derivatives():
     def loss(theta, adjoint):
         zs = odejax.odeint(

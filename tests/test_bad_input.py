@@ -280,3 +280,32 @@ def test_non_numeric_time(which):
     times = {"t0": 0.0, "t1": 1.0, which: "zero"}
     with pytest.raises(TypeError, match=which):
         odejax.solve(decay, Z0, times["t0"], times["t1"])
+
+
+def test_array_dt0_zero_raises_at_run_time():
+    with pytest.raises(Exception, match="dt0 must be non-zero"):
+        run(decay, Z0, 0.0, 1.0, dt0=jnp.array(0.0))
+
+
+def test_tolerance_pytree_of_another_structure_raises():
+    z0 = {"x": jnp.ones(2), "y": jnp.ones(3)}
+    field = lambda z, t, a: jax.tree.map(lambda v: -v, z)  # noqa: E731
+    with pytest.raises(ValueError, match="per-component tolerance must be a pytree matching z0"):
+        run(field, z0, 0.0, 1.0, rtol={"x": 1e-3})
+    run(field, z0, 0.0, 1.0, rtol={"x": 1e-3, "y": 1e-4})  # a matching one is fine
+
+
+def test_complex_state_raises_type_error():
+    with pytest.raises(TypeError, match="complex"):
+        run(decay, jnp.array([1.0 + 1.0j]), 0.0, 1.0)
+
+
+def test_non_monotone_ts_message_under_vmap():
+    """Under vmap the batch's error message is the largest index over its members: a member
+    with an unordered ``ts`` must not be reported as 'outside [t0, t1]'."""
+    tss = jnp.array([[0.0, 1.0, 2.0], [0.0, 2.0, 1.0]])
+    with pytest.raises(Exception, match="ts must be strictly monotone"):
+        jax.block_until_ready(jax.vmap(lambda ts: run(decay, Z0, 0.0, 3.0, ts=ts).zs)(tss))
+    tss = jnp.array([[0.0, 1.0, 2.0], [0.0, 2.0, 4.0]])
+    with pytest.raises(Exception, match=r"ts must lie within \[t0, t1\]"):
+        jax.block_until_ready(jax.vmap(lambda ts: run(decay, Z0, 0.0, 3.0, ts=ts).zs)(tss))

@@ -126,6 +126,12 @@ def test_bad_input():
         cnf.log_prob(X)
     with pytest.raises(ValueError, match=r"x must have shape \(3,\)"):
         cnf.log_prob(jnp.ones(2))
+    with pytest.raises(
+        ValueError, match=r"CNF.transform takes ONE sample: z0 .*vmap\(cnf.transform"
+    ):
+        cnf.transform(X)
+    with pytest.raises(ValueError, match=r"CNF.inverse takes ONE sample: x .*vmap\(cnf.inverse"):
+        cnf.inverse(X)
     with pytest.raises(ValueError, match="key="):
         CNF(Linear(jnp.asarray(A)), 3, trace="hutchinson").log_prob(X[0])
     with pytest.raises(ValueError, match="trace"):

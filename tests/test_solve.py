@@ -771,3 +771,60 @@ def test_dt_next_continues_a_solve():
     np.testing.assert_allclose(cont.zs[-1], whole.zs[-1], rtol=1e-6)
     back = odejax.solve(van_der_pol, z0, 0.0, -1.0, **kw)
     assert back.dt_next < 0
+
+
+# --- edge cases found by review (each once wrong) -----------------------------------------------
+
+
+@pytest.mark.parametrize("output", ["t_final", "stats", "evaluate"])
+def test_throw_raises_whichever_output_is_used(output):
+    """The failure check is tied to every output, not only ``zs``: under jit, a caller who
+    reads only ``t_final``, ``stats`` or the dense output still gets the error."""
+
+    def use(z0):
+        sol = odejax.solve(linear, z0, 0.0, 50.0, args=100 * A, max_steps=5, dense=True)
+        return {"t_final": sol.t_final, "stats": sol.stats["nfe"], "evaluate": sol.evaluate(1.0)}[
+            output
+        ]
+
+    with pytest.raises(Exception, match="MAX_STEPS_REACHED"):
+        jax.block_until_ready(jax.jit(use)(jnp.asarray(Z0)))
+
+
+def test_dense_evaluate_without_a_step_is_the_initial_state():
+    sol = odejax.solve(linear, Z0, 1.0, 1.0, args=A, dense=True)
+    np.testing.assert_array_equal(sol.evaluate(1.0), Z0)
+    bad = odejax.solve(linear, Z0, 0.0, 1.0, args=A, dense=True, max_steps=1, dt0=50.0, throw=False)
+    assert int(bad.stats["num_accepted"]) == 0
+    np.testing.assert_array_equal(bad.evaluate(0.0), Z0)
+
+
+def test_step_below_the_resolution_of_t_is_dt_underflow():
+    """Far from the origin, t's spacing (0.125 at 1e15) is coarser than any step the error asks
+    for: the solve must stop with DT_UNDERFLOW at once, not retry one rounded step until
+    ``max_steps`` runs out."""
+    sol = odejax.solve(van_der_pol, jnp.array([2.0, 0.0]), 1e15, 1e15 + 20, args=50.0, throw=False)
+    assert Status(int(sol.status)) == Status.DT_UNDERFLOW
+    assert int(sol.stats["num_steps"]) < 100
+
+
+@pytest.mark.parametrize("solver", ["tsit5", "dopri8", "kvaerno5", "rodas5"])
+def test_atol_zero_with_a_zero_component(solver):
+    """``atol=0`` is valid (only both tolerances zero is not); a component that starts at 0
+    has no relative size yet, and must not make the initial step or the error nan."""
+    sol = odejax.solve(
+        lambda z, t, a: 1.0 - z, jnp.array([0.0, 1.0]), 0.0, 1.0, rtol=1e-6, atol=0.0, solver=solver
+    )
+    np.testing.assert_allclose(sol.zs[-1], [1 - np.exp(-1.0), 1.0], rtol=1e-4)
+
+
+def test_empty_state_succeeds():
+    sol = odejax.solve(lambda z, t, a: -z, jnp.zeros(0), 0.0, 1.0)
+    assert Status(int(sol.status)) == Status.SUCCESS
+    assert int(sol.stats["num_steps"]) < 20 and float(sol.t_final) == 1.0
+
+
+@pytest.mark.parametrize("t0, t1, dt0", [(0.9, 0.0, 0.3), (0.3, 0.0, 0.1), (-0.9, 0.0, 0.3)])
+def test_fixed_step_lands_on_t1_near_zero_without_a_sliver_step(t0, t1, dt0):
+    sol = odejax.solve(linear, Z0, t0, t1, args=A, solver="rk4", dt0=dt0)
+    assert int(sol.stats["num_steps"]) == round(abs(t1 - t0) / dt0)

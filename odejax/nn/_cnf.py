@@ -204,7 +204,7 @@ class CNF(eqx.Module):
         leaves = [x for x in jax.tree.leaves(self.field) if eqx.is_inexact_array(x)]
         return leaves[0].dtype if leaves else jnp.result_type(float)
 
-    def _check_x(self, x, name: str = "x") -> Array:
+    def _check_x(self, x, name: str = "x", method: str = "log_prob") -> Array:
         x = jnp.asarray(x)
         if not jnp.issubdtype(x.dtype, jnp.floating):
             x = x.astype(self._dtype())
@@ -212,13 +212,18 @@ class CNF(eqx.Module):
         if x.ndim != 1:
             hint = (
                 f" For a batch of shape (N, {D}) use jax.vmap, e.g."
-                f" jax.vmap(cnf.log_prob)({name}) or, with Hutchinson's estimator,"
-                f" jax.vmap(lambda x, k: cnf.log_prob(x, key=k))({name}, keys)."
+                f" jax.vmap(cnf.{method})({name})"
+                + (
+                    " or, with Hutchinson's estimator,"
+                    f" jax.vmap(lambda x, k: cnf.log_prob(x, key=k))({name}, keys)."
+                    if method == "log_prob"
+                    else "."
+                )
                 if x.ndim == 2
                 else ""
             )
             raise ValueError(
-                f"CNF.log_prob takes ONE sample: {name} must have shape ({D},), got shape"
+                f"CNF.{method} takes ONE sample: {name} must have shape ({D},), got shape"
                 f" {x.shape}.{hint}"
             )
         if x.shape[0] != D:
@@ -353,13 +358,13 @@ class CNF(eqx.Module):
 
     def transform(self, z0: Array) -> Array:
         """Push one base point ``z0`` of shape ``(D,)`` through the flow: ``z(t1)``."""
-        z0 = self._check_x(z0, "z0")
+        z0 = self._check_x(z0, "z0", "transform")
         sol = self._solve(self.field, z0, self.t0, self.t1, None)
         return sol.zs[-1]
 
     def inverse(self, x: Array) -> Array:
         """Pull one data point ``x`` of shape ``(D,)`` back to the base: ``z(t0)``."""
-        x = self._check_x(x)
+        x = self._check_x(x, method="inverse")
         sol = self._solve(self.field, x, self.t1, self.t0, None)
         return sol.zs[-1]
 

@@ -44,7 +44,10 @@ def _sq_norm(tree) -> Array:
 
 
 class _RegularisedField(eqx.Module):
-    """``(z, e) ↦ (f(z, t), [‖f‖², ‖∂f/∂z‖_F²])``; ``args = (user_args, ε or None)``."""
+    """``(z, e) ↦ (f(z, t), s [‖f‖², ‖∂f/∂z‖_F²])``; ``args = (user_args, ε or None, s)``.
+
+    ``s = sign(t1 - t0)``: the energies are integrals over ``|dt|``, positive backwards in time too.
+    """
 
     field: Any
     jacobian: bool = eqx.field(static=True)
@@ -52,7 +55,7 @@ class _RegularisedField(eqx.Module):
 
     def __call__(self, state, t, args):
         z, _ = state
-        user_args, eps = args
+        user_args, eps, sign = args
 
         def f(z):
             return self.field(z, t, user_args)
@@ -67,7 +70,7 @@ class _RegularisedField(eqx.Module):
             flat, unravel = ravel_pytree(z)
             jac = _sq_norm(jax.jacfwd(lambda x: ravel_pytree(f(unravel(x)))[0])(flat))
         dt_dtype = jax.tree.leaves(z)[0].dtype
-        return dz, jnp.stack([_sq_norm(dz), jac]).astype(dt_dtype)
+        return dz, (sign * jnp.stack([_sq_norm(dz), jac])).astype(dt_dtype)
 
 
 class RegularisedNeuralODE(eqx.Module):
@@ -173,7 +176,8 @@ class RegularisedNeuralODE(eqx.Module):
         state0 = (z0, jnp.zeros((2,), jnp.result_type(dtype)))
         aug = _RegularisedField(self.node.field, self.jacobian > 0, self.estimate)
         node = eqx.tree_at(lambda n: n.field, self.node, aug)
-        return node.solve(state0, (args, self._noise(z0, key)), ts=ts)
+        sign = jnp.where(jnp.asarray(self.node.t1) >= jnp.asarray(self.node.t0), 1, -1)
+        return node.solve(state0, (args, self._noise(z0, key), sign.astype(dtype)), ts=ts)
 
     def __call__(
         self, z0: Any, args: Any = None, *, key: Array | None = None, ts=None
