@@ -264,6 +264,17 @@ class _Scalars:
         return jax.tree.unflatten(self.treedef, leaves)
 
 
+def _while(cond, body, init):
+    """``lax.while_loop`` with the carry's scalars packed (:class:`_Scalars`)."""
+    packing = _Scalars(init)
+    out = lax.while_loop(
+        lambda p: cond(packing.unpack(p)),
+        lambda p: packing.pack(body(packing.unpack(p))),
+        packing.pack(init),
+    )
+    return packing.unpack(out)
+
+
 def _forward(fns: LoopFns, ts, t_end, init, buffers, store, span, rows=None):
     """The loop itself. With ``store = (snaps, ring)`` it also counts its steps and stores the
     carry before steps ``0, span, 2 span, ...`` in ``snaps`` and before each of the last
@@ -402,7 +413,7 @@ def _loop_bwd(static, layout, max_steps, res, ct):
                 k = r.pending - 1
                 return (k >= 0) & passed(jnp.maximum(k, 0))
 
-            r = lax.while_loop(more, lambda r: read_back(after, passed, r), r)
+            r = _while(more, lambda r: read_back(after, passed, r), r)
         w_bar = tuple(
             jnp.where(i < b.shape[0], b[jnp.minimum(i, b.shape[0] - 1)], 0)
             for i, b in zip(idx, bufs_bar)
@@ -412,7 +423,7 @@ def _loop_bwd(static, layout, max_steps, res, ct):
 
     def advance(c, count):
         """``count`` steps from ``c``."""
-        return lax.fori_loop(0, count, lambda _, c: fns.step(c)[0], c)
+        return _while(lambda s: s[0] < count, lambda s: (s[0] + 1, fns.step(s[1])[0]), (0, c))[1]
 
     def stretches(level, c0, i0, end):
         """Run steps ``i0 .. end - 1`` from ``c0``, storing the carry at the start of each
@@ -429,7 +440,7 @@ def _loop_bwd(static, layout, max_steps, res, ct):
             c = advance(c, span)
             return j + 1, c, rows.put(store, j, c)
 
-        _, _, store = lax.while_loop(lambda s: s[0] < num, forward, (1, c0, store))
+        _, _, store = _while(lambda s: s[0] < num, forward, (1, c0, store))
         return store, span, num
 
     def walk_back(level, store, span, num, i0, end, r: _Reverse) -> _Reverse:
@@ -441,7 +452,7 @@ def _loop_bwd(static, layout, max_steps, res, ct):
             r = reverse(level + 1, rows.get(store, j), start, jnp.minimum(start + span, end), r)
             return j - 1, r
 
-        return lax.while_loop(lambda s: s[0] >= 0, back, (num - 1, r))[1]
+        return _while(lambda s: s[0] >= 0, back, (num - 1, r))[1]
 
     def reverse(level, c0, i0, end, r: _Reverse) -> _Reverse:
         """Reverse of steps ``i0 .. end - 1`` (at most ``plan[level - 1]``) from carry ``c0``."""
@@ -484,14 +495,14 @@ def _loop_bwd(static, layout, max_steps, res, ct):
         pending=pending,
     )
     num = (total + plan[0] - 1) // plan[0]
-    r = lax.while_loop(lambda s: s[0] >= 0, top, (num - 1, r))[1]
+    r = _while(lambda s: s[0] >= 0, top, (num - 1, r))[1]
     if fns.read is not None:  # saves at the start, before any step
         init = rows.get(snaps, 0)
 
         def every(k):  # every save still pending is at the start
             return jnp.ones((), bool)
 
-        r = lax.while_loop(lambda r: r.pending > 0, lambda r: read_back(init, every, r), r)
+        r = _while(lambda r: r.pending > 0, lambda r: read_back(init, every, r), r)
     dyn_bar = LoopFns(r.step_bar, _zeros(dyn.running), _zeros(dyn.before), r.read_bar)
     bufs0_bar = tuple(jnp.zeros_like(b) for b in bufs_bar)
     out = (r.c_bar, bufs0_bar, r.ts_bar, jnp.zeros_like(t_end), dyn_bar)

@@ -533,7 +533,10 @@ def integrate(f, z0, t0, t1, ts, args, opts: Options, static: Static, event=None
             (dt_a, kstack), t_ref, z_ref = st.last, st.t, st.z
         theta = 1 + (ti - t_ref).astype(dtype) / jnp.where(dt_a == 0, 1, dt_a)
         zi = interpolate(end_weights, kstack, z_ref, dt_a, theta)
-        zi = jnp.where(ti == st.t, st.z, zi)
+        # At the state's own time, its exact value, with the interpolant's derivative (w.r.t.
+        # ti too: the derivative from inside the step, as at any other save time).
+        at_t = lax.stop_gradient(st.z) + (zi - lax.stop_gradient(zi))
+        zi = jnp.where(ti == st.t, at_t, zi)
         return jnp.where(direction * (st.t - ti) >= 0, zi, jnp.nan)
 
     def before(st: _LoopState, ti):

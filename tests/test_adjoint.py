@@ -157,6 +157,22 @@ def test_closure_over_traced_integer_under_jit_and_vmap():
     np.testing.assert_allclose(got[1], want, rtol=1e-6)
 
 
+@pytest.mark.parametrize("adjoint", [*ADJOINTS, "forward"])
+def test_save_time_on_t1_has_the_interpolants_derivative(adjoint):
+    """A save time equal to t1 (t1 held fixed) reads the state's exact value, and its
+    derivative is the interpolant's, as at any save time inside the step (it was zero)."""
+
+    def last(s):
+        ts = jnp.stack([1.5, s])
+        return odejax.solve(forced, Z0, 0.0, 3.0, args=(0.7, 2.0), ts=ts, adjoint=adjoint, **TOL)
+
+    d = jax.jacfwd if adjoint == "forward" else jax.jacrev
+    on_t1 = d(lambda s: last(s).zs[-1])(3.0)
+    inside = d(lambda s: last(s).zs[-1])(3.0 - 1e-9)
+    np.testing.assert_allclose(on_t1, inside, rtol=1e-6)
+    np.testing.assert_allclose(on_t1, forced(last(3.0).zs[-1], 3.0, (0.7, 2.0)), rtol=1e-6)
+
+
 def test_dt_next_is_not_differentiated():
     def dt_next(mu, adjoint):
         return odejax.solve(vdp, Z0, 0.0, 1.0, args=mu, adjoint=adjoint).dt_next
