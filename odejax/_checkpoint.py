@@ -21,6 +21,9 @@ at most ``L - 1`` forward recomputations and one vector-Jacobian product. Every 
 the steps actually taken, never over ``max_steps``; a solve of at most ``w`` steps (a neural
 ODE's usual few) is reversed straight from the ring, recomputing nothing.
 
+Every loop here carries its scalars packed, one vector per dtype (:class:`_Scalars`): on
+XLA:CPU each carried array is a buffer written by a kernel of its own.
+
 The saved states never ride in a stored carry: the cotangent of save ``k`` is applied to the
 state just after the step that passed ``ts[k]`` (read off that step's interpolant), found again
 in the backward pass by walking the save times down alongside the steps. Buffers that a step
