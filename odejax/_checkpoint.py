@@ -297,16 +297,14 @@ def _forward(fns: LoopFns, ts, t_end, init, buffers, store, span, rows=None):
 
     n0 = jnp.zeros((), jnp.int32) if store is not None else None  # the count only when storing
     s = (init, buffers, store, n0)
+    if fns.read is None:
+        return _while(lambda s: fns.running(s[0]), one_step, s), None
+
+    # The scan and the step loops inside it share one packing: no unpacking between them.
     packing = _Scalars(s)
 
     def packed_step(p):
         return packing.pack(one_step(packing.unpack(p)))
-
-    if fns.read is None:
-        p = lax.while_loop(
-            lambda p: fns.running(packing.unpack(p)[0]), packed_step, packing.pack(s)
-        )
-        return packing.unpack(p), None
 
     def save_one(p, ti):
         def keep(p):

@@ -666,18 +666,18 @@ def integrate(f, z0, t0, t1, ts, args, opts: Options, static: Static, event=None
             status = jnp.where(status == Status.EVENT, Status.SUCCESS, status)
         checked = {}
         for field in dataclasses.fields(sol):
-            value = getattr(sol, field.name)
-            if field.name != "ts" and jax.tree.leaves(eqx.filter(value, eqx.is_array)):
-                arrays, rest = eqx.partition(value, eqx.is_array)
-                arrays = _checks.raise_if_failed(
-                    arrays,
-                    status,
-                    final.t,
-                    t1,
-                    static.max_steps,
-                    backward=static.backward,
-                    has_dtmin=static.has_dtmin,
-                )
-                checked[field.name] = eqx.combine(arrays, rest)
+            arrays, rest = eqx.partition(getattr(sol, field.name), eqx.is_array)
+            if field.name == "ts" or not jax.tree.leaves(arrays):  # ts is the caller's own
+                continue
+            arrays = _checks.raise_if_failed(
+                arrays,
+                status,
+                final.t,
+                t1,
+                static.max_steps,
+                backward=static.backward,
+                has_dtmin=static.has_dtmin,
+            )
+            checked[field.name] = eqx.combine(arrays, rest)
         sol = dataclasses.replace(sol, **checked)
     return sol
