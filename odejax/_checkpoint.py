@@ -21,8 +21,8 @@ at most ``L - 1`` forward recomputations and one vector-Jacobian product. Every 
 the steps actually taken, never over ``max_steps``; a solve of at most ``w`` steps (a neural
 ODE's usual few) is reversed straight from the ring, recomputing nothing.
 
-Every loop here carries its scalars packed, one vector per dtype (:class:`_Scalars`): on
-XLA:CPU each carried array is a buffer written by a kernel of its own.
+Every loop here carries its scalars packed, one vector per dtype (:mod:`odejax._pack`): on XLA:CPU
+each carried array is a buffer written by a kernel of its own.
 
 The saved states never ride in a stored carry: the cotangent of save ``k`` is applied to the
 state just after the step that passed ``ts[k]`` (read off that step's interpolant), found again
@@ -43,6 +43,7 @@ import numpy as np
 from jax import Array, lax
 
 from ._guard import forward_only
+from ._pack import Scalars, packed_while
 
 __all__ = ["WIDTH", "LoopFns", "run_loop", "solve_loop", "spans", "write_buffers"]
 
@@ -226,63 +227,11 @@ def run_loop(fns: LoopFns, ts, t_end, init, buffers: tuple):
     return c, zs, bufs
 
 
-class _Scalars:
-    """A loop carry with its scalars packed into one vector per dtype.
-
-    XLA:CPU runs each array of a loop's carry as its own buffer, written by its own kernel: a
-    step's bookkeeping (time, step size, error memory, counters, status: a dozen scalars) would
-    be a dozen tiny kernels per step, and as many copies and initial kernels outside the loop.
-    Packed, each dtype's scalars are one buffer written by one kernel; unpacking is slicing,
-    which fuses into the consumers.
-    """
-
-    def __init__(self, example):
-        leaves, self.treedef = jax.tree.flatten(example)
-        groups: dict[Any, list[int]] = {}
-        for i, x in enumerate(leaves):
-            if jnp.ndim(x) == 0 and not jax.dtypes.issubdtype(
-                jnp.result_type(x), jax.dtypes.extended
-            ):
-                groups.setdefault(jnp.result_type(x), []).append(i)
-        self.groups = [(d, tuple(ix)) for d, ix in groups.items() if len(ix) > 1]
-        self.packed = {i for _, ix in self.groups for i in ix}
-        self.num_leaves = len(leaves)
-
-    def pack(self, tree) -> tuple[list, list]:
-        leaves = jax.tree.leaves(tree)
-        rest = [x for i, x in enumerate(leaves) if i not in self.packed]
-        vecs = [
-            jnp.stack([lax.convert_element_type(leaves[i], d) for i in ix]) for d, ix in self.groups
-        ]
-        return rest, vecs
-
-    def unpack(self, packed: tuple[list, list]):
-        rest, vecs = packed
-        leaves = [None] * self.num_leaves
-        for (_, ix), v in zip(self.groups, vecs):
-            for j, i in enumerate(ix):
-                leaves[i] = v[j]
-        rest = iter(rest)
-        leaves = [next(rest) if i not in self.packed else x for i, x in enumerate(leaves)]
-        return jax.tree.unflatten(self.treedef, leaves)
-
-
-def _while(cond, body, init):
-    """``lax.while_loop`` with the carry's scalars packed (:class:`_Scalars`)."""
-    packing = _Scalars(init)
-    out = lax.while_loop(
-        lambda p: cond(packing.unpack(p)),
-        lambda p: packing.pack(body(packing.unpack(p))),
-        packing.pack(init),
-    )
-    return packing.unpack(out)
-
-
 def _forward(fns: LoopFns, ts, t_end, init, buffers, store, span, rows=None):
     """The loop itself. With ``store = (snaps, ring)`` it also counts its steps and stores the
     carry before steps ``0, span, 2 span, ...`` in ``snaps`` and before each of the last
     ``len(ring)`` steps in ``ring`` (step ``n`` in row ``n % len(ring)``). Its carry's scalars
-    ride packed (:class:`_Scalars`)."""
+    ride packed (:class:`odejax._pack.Scalars`)."""
 
     def one_step(s):
         c, bufs, store, n = s
@@ -298,10 +247,10 @@ def _forward(fns: LoopFns, ts, t_end, init, buffers, store, span, rows=None):
     n0 = jnp.zeros((), jnp.int32) if store is not None else None  # the count only when storing
     s = (init, buffers, store, n0)
     if fns.read is None:
-        return _while(lambda s: fns.running(s[0]), one_step, s), None
+        return packed_while(lambda s: fns.running(s[0]), one_step, s), None
 
     # The scan and the step loops inside it share one packing: no unpacking between them.
-    packing = _Scalars(s)
+    packing = Scalars(s)
 
     def packed_step(p):
         return packing.pack(one_step(packing.unpack(p)))
@@ -414,7 +363,7 @@ def _loop_bwd(static, layout, max_steps, res, ct):
                 k = r.pending - 1
                 return (k >= 0) & passed(jnp.maximum(k, 0))
 
-            r = _while(more, lambda r: read_back(after, passed, r), r)
+            r = packed_while(more, lambda r: read_back(after, passed, r), r)
         w_bar = tuple(
             jnp.where(i < b.shape[0], b[jnp.minimum(i, b.shape[0] - 1)], 0)
             for i, b in zip(idx, bufs_bar)
@@ -424,7 +373,8 @@ def _loop_bwd(static, layout, max_steps, res, ct):
 
     def advance(c, count):
         """``count`` steps from ``c``."""
-        return _while(lambda s: s[0] < count, lambda s: (s[0] + 1, fns.step(s[1])[0]), (0, c))[1]
+        step = lambda s: (s[0] + 1, fns.step(s[1])[0])  # noqa: E731
+        return packed_while(lambda s: s[0] < count, step, (0, c))[1]
 
     def stretches(level, c0, i0, end):
         """Run steps ``i0 .. end - 1`` from ``c0``, storing the carry at the start of each
@@ -441,7 +391,7 @@ def _loop_bwd(static, layout, max_steps, res, ct):
             c = advance(c, span)
             return j + 1, c, rows.put(store, j, c)
 
-        _, _, store = _while(lambda s: s[0] < num, forward, (1, c0, store))
+        _, _, store = packed_while(lambda s: s[0] < num, forward, (1, c0, store))
         return store, span, num
 
     def walk_back(level, store, span, num, i0, end, r: _Reverse) -> _Reverse:
@@ -453,7 +403,7 @@ def _loop_bwd(static, layout, max_steps, res, ct):
             r = reverse(level + 1, rows.get(store, j), start, jnp.minimum(start + span, end), r)
             return j - 1, r
 
-        return _while(lambda s: s[0] >= 0, back, (num - 1, r))[1]
+        return packed_while(lambda s: s[0] >= 0, back, (num - 1, r))[1]
 
     def reverse(level, c0, i0, end, r: _Reverse) -> _Reverse:
         """Reverse of steps ``i0 .. end - 1`` (at most ``plan[level - 1]``) from carry ``c0``."""
@@ -496,14 +446,14 @@ def _loop_bwd(static, layout, max_steps, res, ct):
         pending=pending,
     )
     num = (total + plan[0] - 1) // plan[0]
-    r = _while(lambda s: s[0] >= 0, top, (num - 1, r))[1]
+    r = packed_while(lambda s: s[0] >= 0, top, (num - 1, r))[1]
     if fns.read is not None:  # saves at the start, before any step
         init = rows.get(snaps, 0)
 
         def every(k):  # every save still pending is at the start
             return jnp.ones((), bool)
 
-        r = _while(lambda r: r.pending > 0, lambda r: read_back(init, every, r), r)
+        r = packed_while(lambda r: r.pending > 0, lambda r: read_back(init, every, r), r)
     dyn_bar = LoopFns(r.step_bar, _zeros(dyn.running), _zeros(dyn.before), r.read_bar)
     bufs0_bar = tuple(jnp.zeros_like(b) for b in bufs_bar)
     out = (r.c_bar, bufs0_bar, r.ts_bar, jnp.zeros_like(t_end), dyn_bar)

@@ -16,6 +16,7 @@ import numpy as np
 from jax import lax
 from jax.custom_batching import custom_vmap
 
+from ._pack import Scalars
 from ._solution import Status
 
 __all__ = [
@@ -102,7 +103,9 @@ def check_save_times(ts, t0, t1, name: str = "ts"):
     # nan anywhere makes a difference nan, which fails `> 0`. Once `ts` is monotone, it lies
     # within [t0, t1] exactly when its ends do: scalar tests, fused with the final `or`, where
     # whole-array ones cost the compiled program two more reductions (kernels, compile time).
-    unordered = jnp.any(~(direction * jnp.diff(ts) > 0))
+    # The smallest step between save times, as a float reduction (one kernel; a boolean `any`
+    # is two on XLA:CPU).
+    unordered = ~(jnp.min(direction * jnp.diff(ts), initial=jnp.inf) > 0)
     outside = ~((direction * (ts[0] - t0) >= 0) & (direction * (ts[-1] - t1) <= 0))  # or nan
     # Under vmap equinox reports the message of the largest index over the batch: members that
     # pass have index 0, so the first message is the "outside" one, and "unordered" wins a tie.
@@ -157,15 +160,17 @@ def raise_if_failed(
 ):
     """Raise :class:`OdeSolveError` at run time if ``status`` is not success; returns ``x``.
 
-    ``x`` is a pytree of arrays: every output of the solve, so that the check runs whichever
-    of them the caller uses (a check tied to one output only would be dead code, removed by
-    XLA, when that output is not used). The host callback sits in the failing branch of a
-    ``lax.cond`` and passes ``x`` through, so a successful solve pays for one comparison only.
-    Under ``vmap`` the predicate is reduced over the whole batch (:func:`_any_failed`), so the
-    ``cond`` stays a ``cond`` (not a ``select`` running both branches): no host callback unless
-    a member failed. Tangents pass straight through.
+    ``x`` is a pytree of arrays: everything the solve loop returned, so that the check runs
+    whichever output the caller derives from it (a check tied to one output only would be dead
+    code, removed by XLA, when that output is not used). The host callback sits in the failing
+    branch of a ``lax.cond`` and passes ``x`` through, so a successful solve pays for one
+    comparison only; ``x``'s scalars pass packed (:class:`odejax._pack.Scalars`), one operand
+    per dtype. Under ``vmap`` the predicate is reduced over the whole batch (:func:`_any_failed`),
+    so the ``cond`` stays a ``cond`` (not a ``select`` running both branches): no host callback
+    unless a member failed. Tangents pass straight through.
     """
-    leaves, treedef = jax.tree.flatten(x)
+    packing = Scalars(x)
+    leaves, treedef = jax.tree.flatten(packing.pack(x))
 
     @jax.custom_jvp
     def check(leaves, status, t_final, t1):
@@ -186,4 +191,4 @@ def raise_if_failed(
         return leaves
 
     out = check(leaves, status, lax.stop_gradient(t_final), lax.stop_gradient(t1))
-    return jax.tree.unflatten(treedef, out)
+    return packing.unpack(jax.tree.unflatten(treedef, out))

@@ -30,7 +30,6 @@ an event and with an explicit solver the compiled loop is exactly the plain one.
 
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import Callable
 from typing import NamedTuple
 
@@ -572,6 +571,7 @@ def integrate(f, z0, t0, t1, ts, args, opts: Options, static: Static, event=None
         )
         final = final._replace(dense=dense_out)
     else:  # "checkpoint-ad"
+        zs = None
         # JAX's own reverse mode (any order) through one bounded loop whose iterations either
         # take a step or save the next save time the last step passed.
         num_save = ts.shape[0] if save_ts else 0
@@ -602,6 +602,21 @@ def integrate(f, z0, t0, t1, ts, args, opts: Options, static: Static, event=None
         )
         if save_ts:
             zs = final.saved[1]
+    if static.throw:
+        # One check on everything the loop returned, before any output is derived from it: it
+        # runs whichever output is used. Its scalars go in packed, as the loop left them.
+        status = final.status
+        if has_event:  # a terminal event is a success
+            status = jnp.where(status == Status.EVENT, Status.SUCCESS, status)
+        final, zs = _checks.raise_if_failed(
+            (final, zs),
+            status,
+            final.t,
+            t1,
+            static.max_steps,
+            backward=static.backward,
+            has_dtmin=static.has_dtmin,
+        )
     if not save_ts:
         ok = final.status == Status.SUCCESS
         if has_event:
@@ -658,26 +673,4 @@ def integrate(f, z0, t0, t1, ts, args, opts: Options, static: Static, event=None
         dt_next=lax.stop_gradient(final.dt),  # a suggestion, not differentiated
         **ev_out,
     )
-    if static.throw:
-        # Each output passes a check of its own, so the check runs whichever of them is used;
-        # a check on an output that is not used is dead code, removed with it.
-        status = final.status
-        if has_event:  # a terminal event is a success
-            status = jnp.where(status == Status.EVENT, Status.SUCCESS, status)
-        checked = {}
-        for field in dataclasses.fields(sol):
-            arrays, rest = eqx.partition(getattr(sol, field.name), eqx.is_array)
-            if field.name == "ts" or not jax.tree.leaves(arrays):  # ts is the caller's own
-                continue
-            arrays = _checks.raise_if_failed(
-                arrays,
-                status,
-                final.t,
-                t1,
-                static.max_steps,
-                backward=static.backward,
-                has_dtmin=static.has_dtmin,
-            )
-            checked[field.name] = eqx.combine(arrays, rest)
-        sol = dataclasses.replace(sol, **checked)
     return sol

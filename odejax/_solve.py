@@ -31,6 +31,7 @@ from ._adjoint import (
 from ._controller import PIController
 from ._events import Event
 from ._integrate import Options, Static, flatten_tol, integrate
+from ._pack import funnel
 from ._solution import Solution, Status
 from ._solvers import get_solver
 from ._tableau import Solver
@@ -45,6 +46,7 @@ def _solve_jit(
     f, z0, t0, t1, ts, args, opts: Options, static: Static, adjoint, event=None
 ) -> Solution:
     _checks.check_vector_field(f, z0, t0, args)
+    t0, t1 = funnel(t0, t1)  # see odejax._pack: one kernel, not one per use, reads them
     if ts is not None:
         ts = _checks.check_save_times(ts, t0, t1)
     if event is None:
