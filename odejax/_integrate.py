@@ -229,7 +229,10 @@ def integrate(f, z0, t0, t1, ts, args, opts: Options, static: Static, event=None
     n = z_flat.shape[0]
     last, saved = (), ()
     if save_ts:
-        last = (jnp.zeros((), dtype), jnp.zeros((num_dense, n), dtype))
+        # Zeros (dt = 0 makes the interpolant z itself), computed from f0 rather than as a
+        # constant: a kernel that waits for f0 instead of starting with the program's inputs.
+        k_zero = jnp.where(jnp.isfinite(f0), f0, 0) * 0
+        last = (jnp.zeros((), dtype), jnp.broadcast_to(k_zero, (num_dense, n)))
         if has_event:  # the polynomial's own end, which an event may leave behind
             last = (*last, t0, z_flat)
     dense = ()
