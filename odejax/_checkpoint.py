@@ -43,7 +43,7 @@ import numpy as np
 from jax import Array, lax
 
 from ._guard import forward_only
-from ._pack import Scalars, packed_while
+from ._pack import Scalars, packed_while, zeros_after
 
 __all__ = ["WIDTH", "LoopFns", "run_loop", "solve_loop", "spans", "write_buffers"]
 
@@ -188,15 +188,18 @@ class _Rows:
             for g in self.groups
         ]
 
-    def empty(self, rows: int, fill=None) -> list:
-        """``rows`` rows (all ``fill``'s carry, or zeros)."""
+    def empty(self, rows: int, fill=None, anchor=None) -> list:
+        """``rows`` rows (all ``fill``'s carry, or zeros: computed from ``anchor`` when given,
+        see :func:`odejax._pack.zeros_after`)."""
         if fill is not None:
             return [jnp.broadcast_to(v, (rows, v.shape[0])) for v in self._pack(fill)]
         sizes = [
             sum(int(np.prod(s)) for s, d in zip(self.shapes, self.dtypes) if d == g)
             for g in self.groups
         ]
-        return [jnp.zeros((rows, n), g) for n, g in zip(sizes, self.groups)]
+        if anchor is None:
+            return [jnp.zeros((rows, n), g) for n, g in zip(sizes, self.groups)]
+        return [zeros_after(anchor, (rows, n), g) for n, g in zip(sizes, self.groups)]
 
     def put(self, store: list, j, c) -> list:
         return [a.at[j].set(v) for a, v in zip(store, self._pack(c))]
@@ -279,7 +282,7 @@ def _loop_fwd(static, layout, max_steps, init, buffers, ts, t_end, dyn):
     num = -(-max_steps // plan[0]) + 1
     rows = _Rows(init, mask)
     snaps = rows.empty(num, fill=init)  # row 0 holds the start also when no step is taken
-    ring = rows.empty(-(-plan[0] // plan[1])) if len(plan) > 1 else None
+    ring = rows.empty(-(-plan[0] // plan[1]), anchor=t_end) if len(plan) > 1 else None
     (c, bufs, (snaps, ring), total), zs = _forward(
         fns, ts, t_end, init, buffers, (snaps, ring), plan[0], rows
     )
@@ -306,8 +309,19 @@ def _add(acc, new):
     return jax.tree.map(jnp.add, acc, new)
 
 
-def _zeros(tree):
-    return jax.tree.map(lambda x: jnp.zeros_like(x) if _inexact(x) else None, tree)
+def _zeros(tree, anchor):
+    return jax.tree.map(
+        lambda x: zeros_after(anchor, jnp.shape(x), jnp.result_type(x)) if _inexact(x) else None,
+        tree,
+    )
+
+
+def _first_float(tree, default):
+    """A float scalar of ``tree`` (its first non-empty inexact leaf), else ``default``."""
+    for x in jax.tree.leaves(tree):
+        if _inexact(x) and jnp.size(x) > 0 and not jnp.iscomplexobj(x):
+            return jnp.ravel(x)[0]
+    return default
 
 
 def _loop_bwd(static, layout, max_steps, res, ct):
@@ -434,15 +448,18 @@ def _loop_bwd(static, layout, max_steps, res, ct):
         store, span, num = lax.cond(short, from_ring, recompute, None)
         return j - 1, walk_back(1, store, span, num, start, stop, r)
 
+    # The zeros below are computed from the incoming cotangent: they wait for it, rather than
+    # join the first kernels of the whole program (see odejax._pack).
+    anchor = _first_float((zs_bar, c_bar), t_end)
     pending = jnp.zeros((), jnp.int32)
     if fns.read is not None:  # the saves the solve reached
         reached = jax.vmap(lambda ti: ~fns.before(final, ti))(ts)
         pending = jnp.sum(reached.astype(jnp.int32))
     r = _Reverse(
         c_bar=c_bar,
-        step_bar=_zeros(dyn.step),
-        read_bar=_zeros(dyn.read),
-        ts_bar=jnp.zeros_like(ts),
+        step_bar=_zeros(dyn.step, anchor),
+        read_bar=_zeros(dyn.read, anchor),
+        ts_bar=zeros_after(anchor, ts.shape, ts.dtype),
         pending=pending,
     )
     num = (total + plan[0] - 1) // plan[0]
@@ -454,7 +471,9 @@ def _loop_bwd(static, layout, max_steps, res, ct):
             return jnp.ones((), bool)
 
         r = packed_while(lambda r: r.pending > 0, lambda r: read_back(init, every, r), r)
-    dyn_bar = LoopFns(r.step_bar, _zeros(dyn.running), _zeros(dyn.before), r.read_bar)
+    dyn_bar = LoopFns(
+        r.step_bar, _zeros(dyn.running, anchor), _zeros(dyn.before, anchor), r.read_bar
+    )
     bufs0_bar = tuple(jnp.zeros_like(b) for b in bufs_bar)
     out = (r.c_bar, bufs0_bar, r.ts_bar, jnp.zeros_like(t_end), dyn_bar)
     # Differentiating these cotangents again works forward (jvp) but not in reverse.
