@@ -331,16 +331,24 @@ def integrate(f, z0, t0, t1, ts, args, opts: Options, static: Static, event=None
         return t_ev, z_ev, k
 
     # Rounding noise in t is relative to the largest time in play (t0 too: a fixed-step solve
-    # counts its steps from it).
+    # counts its steps from it). The loop bodies read these times from one vector: one operand
+    # of the loop, computed by one kernel before it, not one per value (see odejax._pack).
     t_big = jnp.maximum(jnp.abs(t0), jnp.abs(t1))
+    in_loop = jnp.stack([t0, t1, direction, t_big])
+
+    def times():
+        """``(t0, t1, direction, t_big)`` inside a loop body."""
+        return in_loop[0], in_loop[1], in_loop[2], in_loop[3]
 
     def land(t_try):
         """The end of a step aimed at ``t_try``: exactly ``t1`` if only rounding noise is left."""
+        _, t1, direction, t_big = times()
         slack = 64 * jnp.finfo(tdtype).eps * jnp.maximum(jnp.abs(t_try), t_big)
         return jnp.where(direction * (t1 - t_try) <= slack, t1, t_try)
 
     def attempt(st: _LoopState) -> tuple[_LoopState, tuple]:
         """One attempted step; also the dense output's writes (``(index, value)`` pairs)."""
+        t0, t1, direction, _ = times()
         t, z = st.t, st.z
         if solver.adaptive:
             t_try = t + st.dt
@@ -539,11 +547,11 @@ def integrate(f, z0, t0, t1, ts, args, opts: Options, static: Static, event=None
         # ti too: the derivative from inside the step, as at any other save time).
         at_t = lax.stop_gradient(st.z) + (zi - lax.stop_gradient(zi))
         zi = jnp.where(ti == st.t, at_t, zi)
-        return jnp.where(direction * (st.t - ti) >= 0, zi, jnp.nan)
+        return jnp.where(times()[2] * (st.t - ti) >= 0, zi, jnp.nan)
 
     def before(st: _LoopState, ti):
         """Whether the solve has yet to reach save time ``ti``."""
-        return direction * (st.t - ti) < 0
+        return times()[2] * (st.t - ti) < 0
 
     if static.loop == "while":
         # Step until each save time is passed, then read it off the last step's interpolant;
