@@ -45,6 +45,7 @@ from ._checkpoint import LoopFns, run_loop, solve_loop, write_buffers
 from ._controller import PIController, initial_step, rms_norm
 from ._implicit import esdirk_step
 from ._loop import checkpointed_while
+from ._pack import zeros_after
 from ._rosenbrock import rosenbrock_step
 from ._solution import DenseInterpolation, Solution, Status
 from ._step import dense_weights, interpolate, rk_step
@@ -231,8 +232,7 @@ def integrate(f, z0, t0, t1, ts, args, opts: Options, static: Static, event=None
     if save_ts:
         # Zeros (dt = 0 makes the interpolant z itself), computed from f0 rather than as a
         # constant: a kernel that waits for f0 instead of starting with the program's inputs.
-        k_zero = jnp.where(jnp.isfinite(f0), f0, 0) * 0
-        last = (jnp.zeros((), dtype), jnp.broadcast_to(k_zero, (num_dense, n)))
+        last = (jnp.zeros((), dtype), zeros_after(f0, (num_dense, n), dtype))
         if has_event:  # the polynomial's own end, which an event may leave behind
             last = (*last, t0, z_flat)
     dense = ()
@@ -674,7 +674,7 @@ def integrate(f, z0, t0, t1, ts, args, opts: Options, static: Static, event=None
         ev_out = dict(
             event_time=t_ev, event_index=k_ev, event_state=unravel(z_ev), num_events=num_ev
         )
-    sol = Solution(
+    return Solution(
         ts=ts if save_ts else t1[None],
         zs=jax.vmap(unravel)(zs),
         stats=stats,
@@ -684,4 +684,3 @@ def integrate(f, z0, t0, t1, ts, args, opts: Options, static: Static, event=None
         dt_next=lax.stop_gradient(final.dt),  # a suggestion, not differentiated
         **ev_out,
     )
-    return sol

@@ -85,9 +85,10 @@ def funnel(*scalars):
 
 
 def zeros_after(anchor, shape, dtype):
-    """Zeros of ``shape`` and ``dtype`` computed from the float scalar ``anchor``: a kernel that
-    waits for ``anchor`` rather than one more reading nothing (which XLA:CPU would start with
-    the program's first wave, see above). Not differentiated (the zeros are constant)."""
+    """Zeros of ``shape`` and ``dtype`` computed from ``anchor`` (a float array that broadcasts
+    to ``shape``, a scalar say): a kernel that waits for ``anchor`` rather than one more reading
+    nothing (which XLA:CPU would start with the program's first wave, see above). Not
+    differentiated (the zeros are constant)."""
     a = lax.stop_gradient(anchor)
     zero = jnp.abs(jnp.where(jnp.isfinite(a), a, 0)) * 0
     return jnp.broadcast_to(lax.convert_element_type(zero, dtype), shape)
