@@ -46,7 +46,7 @@ from jax import lax
 from jax.custom_derivatives import CustomVJPPrimal, SymbolicZero
 from jax.flatten_util import ravel_pytree
 
-from . import _guard
+from . import _checks, _guard
 from ._controller import initial_step
 from ._integrate import Options, Static, integrate
 from ._solution import Solution
@@ -110,6 +110,8 @@ class BacksolveAdjoint:
     state: str | None = None
 
     def __post_init__(self):
+        _checks.check_nonnegative("BacksolveAdjoint(rtol=...)", self.rtol)
+        _checks.check_nonnegative("BacksolveAdjoint(atol=...)", self.atol)
         if self.state is not None and self.state not in BACKSOLVE_STATES:
             raise ValueError(
                 f"BacksolveAdjoint(state={self.state!r}) is not valid: state must be"
@@ -294,6 +296,8 @@ def _backsolve_solve(adjoint, f, z0, t0, t1, ts, args, opts, static):
     inner = ts if ts is not None else jnp.zeros((0,), t0.dtype)
     grid = jnp.concatenate([t0[None], inner, t1[None]])
     adjoint = dataclasses.replace(adjoint, state=adjoint.resolve_state(static.solver))
+    if static.check_ts:  # the save times are the grid's inner points
+        static = static._replace(check_ts=2)
     sol = _backsolve(vector_field, adjoint, static, opts, z0, grid, params)
     rows = slice(1, -1) if ts is not None else slice(-1, None)
     return Solution(
@@ -534,7 +538,8 @@ def _backward_setup(
 
     def tol(given, forward):
         if given is not None:
-            return jnp.asarray(given, forward.dtype)
+            with jax.ensure_compile_time_eval():  # a number stays a concrete array
+                return jnp.asarray(given, forward.dtype)
         return jnp.min(forward) if forward.ndim else forward
 
     state = (n,) if interpolated else (n, 2 * n)
@@ -548,6 +553,7 @@ def _backward_setup(
         loop="while",
         norm_channels=channels,
         backward=True,
+        check_ts=0,
     )
     back_opts = Options(
         rtol=tol(adjoint.rtol, opts.rtol),
@@ -556,6 +562,9 @@ def _backward_setup(
         dtmin=opts.dtmin,
         dtmax=opts.dtmax,
     )
+    if adjoint.rtol is not None or adjoint.atol is not None:
+        given = _checks.tolerances_checked(back_opts.rtol, back_opts.atol)
+        back_static = back_static._replace(check_tols=not given)
     return back_static, back_opts
 
 

@@ -217,24 +217,27 @@ class _Rows:
         return jax.tree.unflatten(self.treedef, [next(kept if k else scratch) for k in self.mask])
 
 
-def run_loop(fns: LoopFns, ts, t_end, init, buffers: tuple):
+def run_loop(fns: LoopFns, ts, t_end, init, buffers: tuple, guard=None):
     """The solve loop, plain (no gradient rule): ``(final carry, zs, buffers)``.
 
     A ``lax.scan`` over the save times ``ts`` (``None``: none), each running a ``while_loop`` of
     ``fns.step`` until ``fns.before`` turns false, then ``fns.read``; the same loop is the
-    forward pass of :func:`solve_loop`'s rule.
+    forward pass of :func:`solve_loop`'s rule. ``guard(packing, packed, zs) -> (packed, zs)``
+    (optional) sees the loop's output as it leaves the loop, its scalars still packed
+    (``packing.unpack(packed)`` is ``(carry, buffers)``): a check of the result there reads no
+    scalar apart (see :func:`odejax._checks.raise_if_failed`).
     """
     if ts is None:
         ts = jnp.zeros((0,), t_end.dtype)
-    (c, bufs, _, _), zs = _forward(fns, ts, t_end, init, buffers, None, 1)
+    (c, bufs, _, _), zs = _forward(fns, ts, t_end, init, buffers, None, 1, guard=guard)
     return c, zs, bufs
 
 
-def _forward(fns: LoopFns, ts, t_end, init, buffers, store, span, rows=None):
+def _forward(fns: LoopFns, ts, t_end, init, buffers, store, span, rows=None, guard=None):
     """The loop itself. With ``store = (snaps, ring)`` it also counts its steps and stores the
     carry before steps ``0, span, 2 span, ...`` in ``snaps`` and before each of the last
     ``len(ring)`` steps in ``ring`` (step ``n`` in row ``n % len(ring)``). Its carry's scalars
-    ride packed (:class:`odejax._pack.Scalars`)."""
+    ride packed (:class:`odejax._pack.Scalars`); ``guard`` as in :func:`run_loop`."""
 
     def one_step(s):
         c, bufs, store, n = s
@@ -249,26 +252,32 @@ def _forward(fns: LoopFns, ts, t_end, init, buffers, store, span, rows=None):
 
     n0 = jnp.zeros((), jnp.int32) if store is not None else None  # the count only when storing
     s = (init, buffers, store, n0)
-    if fns.read is None:
-        return packed_while(lambda s: fns.running(s[0]), one_step, s), None
-
     # The scan and the step loops inside it share one packing: no unpacking between them.
     packing = Scalars(s)
 
     def packed_step(p):
         return packing.pack(one_step(packing.unpack(p)))
 
-    def save_one(p, ti):
-        def keep(p):
-            c = packing.unpack(p)[0]
-            return fns.running(c) & fns.before(c, ti)
+    def running(p):
+        return fns.running(packing.unpack(p)[0])
 
-        p = lax.while_loop(keep, packed_step, p)
-        return p, fns.read(packing.unpack(p)[0], ti)
+    if fns.read is None:
+        p, zs = lax.while_loop(running, packed_step, packing.pack(s)), None
+    else:
 
-    # The scan ends with t_end itself (its value dropped), so the step is compiled once.
-    p, zs = lax.scan(save_one, packing.pack(s), jnp.concatenate([ts, t_end[None]]))
-    return packing.unpack(p), zs[:-1]
+        def save_one(p, ti):
+            def keep(p):
+                c = packing.unpack(p)[0]
+                return fns.running(c) & fns.before(c, ti)
+
+            p = lax.while_loop(keep, packed_step, p)
+            return p, fns.read(packing.unpack(p)[0], ti)
+
+        # The scan ends with t_end itself (its value dropped), so the step is compiled once.
+        p, zs = lax.scan(save_one, packing.pack(s), jnp.concatenate([ts, t_end[None]]))
+    if guard is not None:
+        p, zs = guard(packing, p, zs)
+    return packing.unpack(p), None if zs is None else zs[:-1]
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(0, 1, 2))

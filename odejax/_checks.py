@@ -16,15 +16,20 @@ import numpy as np
 from jax import lax
 from jax.custom_batching import custom_vmap
 
-from ._pack import Scalars
 from ._solution import Status
 
 __all__ = [
     "OdeSolveError",
+    "any_failed",
     "check_nonnegative",
+    "check_save_times",
+    "check_tolerances",
     "check_vector_field",
     "raise_if_failed",
+    "report_failure",
+    "save_times_code",
     "state_dtype",
+    "tolerances_checked",
 ]
 
 
@@ -87,6 +92,20 @@ def check_vector_field(f, z0, t0, args) -> None:
             )
 
 
+def tolerances_checked(rtol, atol) -> bool:
+    """Check tolerances whose values are known at trace time; ``True`` if they were (then the
+    compiled program needs no run-time check of them, see :func:`check_tolerances`)."""
+    if isinstance(rtol, jax.core.Tracer) or isinstance(atol, jax.core.Tracer):
+        return False
+    rtol, atol = np.asarray(rtol), np.asarray(atol)
+    for name, tol in (("rtol", rtol), ("atol", atol)):
+        if np.any(tol < 0):
+            raise ValueError(f"{name} must be non-negative.")
+    if np.any((rtol == 0) & (atol == 0)):
+        raise ValueError("rtol and atol are both zero; give a positive tolerance.")
+    return True
+
+
 def check_tolerances(rtol, atol):
     """Run-time checks of array tolerances; returns them (tied to the checks)."""
     rtol = eqx.error_if(rtol, jnp.any(rtol < 0), "rtol must be non-negative.")
@@ -96,28 +115,54 @@ def check_tolerances(rtol, atol):
     return rtol, atol
 
 
-def check_save_times(ts, t0, t1, name: str = "ts"):
-    """Run-time checks: ``ts`` strictly monotone in the solve's direction, inside [t0, t1]."""
-    direction = jnp.where(t1 >= t0, 1, -1).astype(ts.dtype)
-    # One check (one branch and host callback in the compiled program) for both conditions; a
-    # nan anywhere makes a difference nan, which fails `> 0`. Once `ts` is monotone, it lies
-    # within [t0, t1] exactly when its ends do: scalar tests, fused with the final `or`, where
-    # whole-array ones cost the compiled program two more reductions (kernels, compile time).
-    # The smallest step between save times, as a float reduction (one kernel; a boolean `any`
-    # is two on XLA:CPU).
-    unordered = ~(jnp.min(direction * jnp.diff(ts), initial=jnp.inf) > 0)
-    outside = ~((direction * (ts[0] - t0) >= 0) & (direction * (ts[-1] - t1) <= 0))  # or nan
-    # Under vmap equinox reports the message of the largest index over the batch: members that
-    # pass have index 0, so the first message is the "outside" one, and "unordered" wins a tie.
-    messages = (
+def _save_times_messages(name: str) -> tuple[str, str]:
+    """The messages of a failed check of save times: codes 1 and 2 of :func:`save_times_code`."""
+    return (
         f"{name} must lie within [t0, t1] (and not be nan).",
         f"{name} must be strictly monotone (increasing, or decreasing for a backward solve)"
         " and free of nan (times are cast to the state's floating dtype first).",
     )
-    return eqx.branched_error_if(ts, unordered | outside, unordered.astype(jnp.int32), messages)
 
 
-def _raise(status, t_final, t1, max_steps, backward, has_dtmin):
+def save_times_code(ts, t0, t1, xp=jnp):
+    """What is wrong with the save times ``ts``: 0 nothing, 1 not within ``[t0, t1]`` (or nan at
+    an end), 2 not strictly monotone in the solve's direction (or nan). ``xp``: ``jax.numpy``,
+    or ``numpy`` on the host (with leading batch axes).
+
+    Once ``ts`` is monotone, it lies within [t0, t1] exactly when its ends do: scalar tests,
+    where whole-array ones cost the compiled program two more reductions (kernels, compile
+    time). A nan anywhere makes a difference nan, which fails ``> 0``; the smallest difference
+    is a float reduction (one kernel; a boolean ``any`` is two on XLA:CPU).
+    """
+    t0, t1 = xp.asarray(t0)[..., None], xp.asarray(t1)[..., None]
+    direction = xp.where(t1 >= t0, 1, -1).astype(ts.dtype)
+    steps = direction * xp.diff(ts, axis=-1)
+    unordered = ~(xp.min(steps, axis=-1, initial=xp.inf) > 0)
+    outside = ~((direction * (ts[..., :1] - t0) >= 0) & (direction * (ts[..., -1:] - t1) <= 0))
+    return xp.where(unordered, 2, xp.where(outside[..., 0], 1, 0)).astype(xp.int32)
+
+
+def check_save_times(ts, t0, t1, name: str = "ts"):
+    """Run-time checks: ``ts`` strictly monotone in the solve's direction, inside [t0, t1].
+
+    A solve with ``throw=True`` checks ``ts`` in its failure check instead (``ts_code`` of
+    :func:`raise_if_failed`): one branch in the compiled program for both.
+    """
+    code = save_times_code(ts, t0, t1)
+    # Under vmap equinox reports the message of the largest index over the batch: members that
+    # pass have index 0, so the first message is the "outside" one, and "unordered" wins a tie.
+    index = jnp.maximum(code - 1, 0)
+    return eqx.branched_error_if(ts, code > 0, index, _save_times_messages(name))
+
+
+def report_failure(status, t_final, t1, ts_code, max_steps, backward, has_dtmin):
+    """Raise (on the host) for the first failed member of a batch of solves, if any.
+
+    ``ts_code`` (or ``None``) is :func:`save_times_code`'s verdict on the save times; a bad
+    ``ts`` is reported before any failure of the solve (which it may have caused).
+    """
+    if ts_code is not None and np.any(ts_code > 0):
+        raise ValueError(_save_times_messages("ts")[int(np.max(ts_code)) - 1])
     status = np.asarray(status)
     bad = status != Status.SUCCESS
     if not np.any(bad):
@@ -145,50 +190,47 @@ def _raise(status, t_final, t1, max_steps, backward, has_dtmin):
 
 
 @custom_vmap
-def _any_failed(status):
-    """Whether any status is a failure: one unbatched boolean, even under ``jax.vmap``."""
-    return jnp.any(status != Status.SUCCESS)
+def any_failed(status, bad_ts):
+    """Whether any status is a failure or any ``bad_ts`` true: one unbatched boolean, even
+    under ``jax.vmap``."""
+    return jnp.any(status != Status.SUCCESS) | jnp.any(bad_ts)
 
 
-@_any_failed.def_vmap
-def _any_failed_vmap(axis_size, in_batched, status):
-    return jnp.any(status != Status.SUCCESS), False
+@any_failed.def_vmap
+def _any_failed_vmap(axis_size, in_batched, status, bad_ts):
+    return any_failed(status, bad_ts), False
 
 
-def raise_if_failed(
-    x, status, t_final, t1, max_steps: int, backward: bool = False, has_dtmin: bool = False
-):
-    """Raise :class:`OdeSolveError` at run time if ``status`` is not success; returns ``x``.
+def raise_if_failed(x, failed, describe):
+    """Pass ``x`` through; at run time, if ``failed``, call ``describe(x)`` on the host (with
+    NumPy arrays, a leading batch axis under ``vmap``), which raises.
 
     ``x`` is a pytree of arrays: everything the solve loop returned, so that the check runs
     whichever output the caller derives from it (a check tied to one output only would be dead
     code, removed by XLA, when that output is not used). The host callback sits in the failing
-    branch of a ``lax.cond`` and passes ``x`` through, so a successful solve pays for one
-    comparison only; ``x``'s scalars pass packed (:class:`odejax._pack.Scalars`), one operand
-    per dtype. Under ``vmap`` the predicate is reduced over the whole batch (:func:`_any_failed`),
-    so the ``cond`` stays a ``cond`` (not a ``select`` running both branches): no host callback
-    unless a member failed. Tangents pass straight through.
+    branch of a ``lax.cond`` and passes ``x`` through, so a successful solve pays for the
+    predicate only. Give ``x``'s scalars packed (:class:`odejax._pack.Scalars`, as a loop leaves
+    them), one operand per dtype, and ``describe`` unpacks them: on XLA:CPU each operand read
+    apart is a kernel of its own. ``failed`` must be unbatched (:func:`any_failed`), so the
+    ``cond`` stays a ``cond`` under ``vmap`` (not a ``select`` running both branches).
+    Tangents pass straight through.
     """
-    packing = Scalars(x)
-    leaves, treedef = jax.tree.flatten(packing.pack(x))
+    leaves, treedef = jax.tree.flatten(x)
+
+    def report(leaves):
+        describe(jax.tree.unflatten(treedef, [np.asarray(v) for v in leaves]))
+        return leaves
 
     @jax.custom_jvp
-    def check(leaves, status, t_final, t1):
+    def check(leaves, failed):
         def fail(leaves):
             structs = [jax.ShapeDtypeStruct(v.shape, v.dtype) for v in leaves]
-            return jax.pure_callback(
-                report, structs, leaves, status, t_final, t1, vmap_method="broadcast_all"
-            )
+            return jax.pure_callback(report, structs, leaves, vmap_method="broadcast_all")
 
-        return lax.cond(_any_failed(status), fail, lambda v: v, leaves)
+        return lax.cond(failed, fail, lambda v: v, leaves)
 
     @check.defjvp
     def _(primals, tangents):
         return check(*primals), tangents[0]
 
-    def report(leaves, status, t_final, t1):
-        _raise(status, t_final, t1, max_steps, backward, has_dtmin)
-        return leaves
-
-    out = check(leaves, status, lax.stop_gradient(t_final), lax.stop_gradient(t1))
-    return packing.unpack(jax.tree.unflatten(treedef, out))
+    return jax.tree.unflatten(treedef, check(leaves, failed))

@@ -45,7 +45,7 @@ from ._checkpoint import LoopFns, run_loop, solve_loop, write_buffers
 from ._controller import PIController, initial_step, rms_norm
 from ._implicit import esdirk_step
 from ._loop import checkpointed_while
-from ._pack import zeros_after
+from ._pack import Scalars, zeros_after
 from ._rosenbrock import rosenbrock_step
 from ._solution import DenseInterpolation, Solution, Status
 from ._step import dense_weights, interpolate, rk_step
@@ -94,6 +94,10 @@ class Static(NamedTuple):
     # largest RMS over them, and components past the last end are left out (a seminorm).
     norm_channels: tuple[int, ...] | None = None
     backward: bool = False  # this is an adjoint's backward solve (for error messages)
+    check_tols: bool = True  # check the tolerances at run time (False: checked at trace time)
+    # Check the save times in the failure check (with throw=True): 1 all of ts, 2 all but its
+    # ends (ts is then [t0, the user's save times..., t1]); 0 no check (done by the caller).
+    check_ts: int = 0
 
 
 class Options(NamedTuple):
@@ -203,7 +207,8 @@ def integrate(f, z0, t0, t1, ts, args, opts: Options, static: Static, event=None
         return flatten(f(unravel(y), t, args))[0].astype(dtype)
 
     direction = jnp.where(t1 >= t0, 1, -1).astype(tdtype)
-    rtol, atol = _checks.check_tolerances(rtol, atol)
+    if static.check_tols:
+        rtol, atol = _checks.check_tolerances(rtol, atol)
     if stiff:
         _check_differentiable(solver, fn, t0, z_flat)
 
@@ -553,12 +558,50 @@ def integrate(f, z0, t0, t1, ts, args, opts: Options, static: Static, event=None
         """Whether the solve has yet to reach save time ``ti``."""
         return times()[2] * (st.t - ti) < 0
 
+    guard = None
+    if static.throw:
+        # One check on everything the loop returned, before any output is derived from it: it
+        # runs whichever output is used. Its scalars go in packed, as the "while" loop leaves
+        # them. It also checks the save times (static.check_ts): one branch in the program for
+        # both, and the host works out what failed.
+        checked = ts if static.check_ts and save_ts else None  # the save times to check
+        inner = lambda ts: ts if static.check_ts == 1 else ts[..., 1:-1]  # noqa: E731
+        bad_ts = jnp.zeros((), bool)
+        if checked is not None:  # the verdict's code is worked out on the host, if it fails
+            bad_ts = _checks.save_times_code(inner(checked), t0, t1) > 0
+
+        def ok_status(status, xp=jnp):
+            if has_event:  # a terminal event is a success
+                return xp.where(status == Status.EVENT, Status.SUCCESS, status)
+            return status
+
+        def guard(packing, packed, zs, carry=lambda tree: tree[0]):
+            st = carry(packing.unpack(packed))
+            failed = _checks.any_failed(ok_status(st.status), bad_ts)
+
+            def describe(x):
+                packed, _, in_loop, ts = x
+                st = carry(packing.unpack(packed, batched=True))
+                t0, t1 = in_loop[..., 0], in_loop[..., 1]
+                _checks.report_failure(
+                    ok_status(st.status, np),
+                    st.t,
+                    t1,
+                    None if ts is None else _checks.save_times_code(inner(ts), t0, t1, np),
+                    static.max_steps,
+                    backward=static.backward,
+                    has_dtmin=static.has_dtmin,
+                )
+
+            x = _checks.raise_if_failed((packed, zs, in_loop, checked), failed, describe)
+            return x[0], x[1]
+
     if static.loop == "while":
         # Step until each save time is passed, then read it off the last step's interpolant;
         # dense nodes go to buffers beside the carry.
         fns = LoopFns(attempt, cond, before, read_off) if save_ts else LoopFns(attempt, cond)
         final, zs, dense_out = run_loop(
-            fns, ts if save_ts else None, t1, state._replace(dense=()), state.dense
+            fns, ts if save_ts else None, t1, state._replace(dense=()), state.dense, guard
         )
         final = final._replace(dense=dense_out)
     elif static.loop == "checkpoint":
@@ -613,21 +656,10 @@ def integrate(f, z0, t0, t1, ts, args, opts: Options, static: Static, event=None
         )
         if save_ts:
             zs = final.saved[1]
-    if static.throw:
-        # One check on everything the loop returned, before any output is derived from it: it
-        # runs whichever output is used. Its scalars go in packed, as the loop left them.
-        status = final.status
-        if has_event:  # a terminal event is a success
-            status = jnp.where(status == Status.EVENT, Status.SUCCESS, status)
-        final, zs = _checks.raise_if_failed(
-            (final, zs),
-            status,
-            final.t,
-            t1,
-            static.max_steps,
-            backward=static.backward,
-            has_dtmin=static.has_dtmin,
-        )
+    if guard is not None and static.loop != "while":  # run_loop ran it on the "while" loop
+        packing = Scalars(final)
+        packed, zs = guard(packing, packing.pack(final), zs, carry=lambda tree: tree)
+        final = packing.unpack(packed)
     if not save_ts:
         ok = final.status == Status.SUCCESS
         if has_event:

@@ -51,12 +51,14 @@ class Scalars:
         ]
         return rest, vecs
 
-    def unpack(self, packed: tuple[list, list]):
+    def unpack(self, packed: tuple[list, list], batched: bool = False):
+        """The tree back from :meth:`pack`'s output. ``batched``: the arrays (NumPy ones, on
+        the host, say) have leading batch axes, so each scalar is read off the last axis."""
         rest, vecs = packed
         leaves = [None] * self.num_leaves
         for (_, ix), v in zip(self.groups, vecs):
             for j, i in enumerate(ix):
-                leaves[i] = v[j]
+                leaves[i] = v[..., j] if batched else v[j]
         rest = iter(rest)
         leaves = [next(rest) if i not in self.packed else x for i, x in enumerate(leaves)]
         return jax.tree.unflatten(self.treedef, leaves)

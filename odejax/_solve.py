@@ -48,7 +48,10 @@ def _solve_jit(
     _checks.check_vector_field(f, z0, t0, args)
     t0, t1 = funnel(t0, t1)  # see odejax._pack: one kernel, not one per use, reads them
     if ts is not None:
-        ts = _checks.check_save_times(ts, t0, t1)
+        if static.throw and event is None:  # checked in the solve's own failure check
+            static = static._replace(check_ts=1)
+        else:
+            ts = _checks.check_save_times(ts, t0, t1)
     if event is None:
         return run_adjoint(adjoint, f, z0, t0, t1, ts, args, opts, static)
     _events.check_event(event, z0, t0, args)
@@ -263,9 +266,11 @@ def solve(
             raise ValueError(f"ts must be a 1-D array of save times, got shape {ts.shape}.")
     adjoint = get_adjoint(adjoint)
     opt = lambda x, name: None if x is None else _as_time(x, tdtype, name)  # noqa: E731
+    with jax.ensure_compile_time_eval():  # tolerances given as numbers stay concrete arrays
+        rtol, atol = flatten_tol(rtol, z0, tdtype), flatten_tol(atol, z0, tdtype)
     opts = Options(
-        rtol=flatten_tol(rtol, z0, tdtype),
-        atol=flatten_tol(atol, z0, tdtype),
+        rtol=rtol,
+        atol=atol,
         dt0=opt(dt0, "dt0"),
         dtmin=opt(dtmin, "dtmin"),
         dtmax=opt(dtmax, "dtmax"),
@@ -280,6 +285,7 @@ def solve(
         has_dt0=dt0 is not None,
         has_dtmin=dtmin is not None,
         has_dtmax=dtmax is not None,
+        check_tols=not _checks.tolerances_checked(opts.rtol, opts.atol),
     )
     if event is not None and not isinstance(event, Event):
         raise TypeError(f"event must be an odejax.Event or None, got {type(event).__name__}.")

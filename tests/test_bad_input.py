@@ -76,6 +76,21 @@ def test_ts_not_strictly_monotone(ts, t0, t1):
         run(decay, Z0, t0, t1, ts=jnp.asarray(ts))
 
 
+@pytest.mark.parametrize("throw", [True, False])
+@pytest.mark.parametrize("adjoint", ["backsolve", "checkpoint", "forward"])
+def test_bad_ts_with_each_adjoint(adjoint, throw):
+    """With ``throw=True`` the save times are checked in the solve's failure check, with
+    ``throw=False`` on their own: both raise, whatever the adjoint, also under ``jit``."""
+    solve = jax.jit(
+        lambda ts: odejax.solve(decay, Z0, 0.0, 1.0, ts=ts, adjoint=adjoint, throw=throw).zs
+    )
+    with pytest.raises(Exception, match="strictly monotone"):
+        jax.block_until_ready(solve(jnp.array([0.0, 0.5, 0.4, 1.0])))
+    with pytest.raises(Exception, match=r"ts must lie within \[t0, t1\]"):
+        jax.block_until_ready(solve(jnp.array([0.0, 0.5, 0.6, 1.5])))
+    assert np.all(np.isfinite(solve(jnp.array([0.0, 0.5, 0.6, 1.0]))))
+
+
 def test_odeint_ts_not_strictly_monotone():
     with pytest.raises(Exception, match="strictly monotone"):
         jax.block_until_ready(odejax.odeint(decay, Z0, jnp.array([0.0, 0.5, 0.4, 1.0])))
@@ -214,6 +229,22 @@ def test_negative_tolerance_in_a_pytree(name):
 def test_negative_array_tolerance_at_run_time(name):
     with pytest.raises(Exception, match=f"{name} must be non-negative"):
         run(decay, Z0, 0.0, 1.0, **{name: jnp.asarray(-1e-6)})
+
+
+@pytest.mark.parametrize("name", ["rtol", "atol"])
+def test_negative_traced_tolerance(name):
+    """Tolerances known only at run time (traced under ``jit``) are checked at run time."""
+    solve = jax.jit(lambda tol: odejax.solve(decay, Z0, 0.0, 1.0, **{name: tol}).zs)
+    with pytest.raises(Exception, match=f"{name} must be non-negative"):
+        jax.block_until_ready(solve(jnp.asarray(-1e-6)))
+    assert np.all(np.isfinite(solve(jnp.asarray(1e-6))))
+
+
+def test_negative_backward_tolerance():
+    with pytest.raises(ValueError, match=r"BacksolveAdjoint\(rtol=...\)=-1e-06 is negative"):
+        odejax.BacksolveAdjoint(rtol=-1e-6)
+    with pytest.raises(ValueError, match=r"BacksolveAdjoint\(atol=...\)=-1 is negative"):
+        odejax.BacksolveAdjoint(atol=-1)
 
 
 def test_both_tolerances_zero():
