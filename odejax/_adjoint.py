@@ -288,9 +288,15 @@ def _backsolve_solve(adjoint, f, z0, t0, t1, ts, args, opts, static):
     traced, concrete = eqx.partition(conv, lambda x: isinstance(x, jax.core.Tracer))
     tdtype = t0.dtype
 
-    def vector_field(z, t, params):
-        p, traced = params
-        return eqx.combine(traced, concrete)(z, t.astype(tdtype), p)  # t's dtype as traced
+    if jax.tree.leaves(traced):
+
+        def vector_field(z, t, params):
+            p, traced = params
+            return eqx.combine(traced, concrete)(z, t.astype(tdtype), p)  # t's dtype as traced
+    else:  # nothing traced is closed over: call the field itself (cheaper to trace)
+
+        def vector_field(z, t, params):
+            return field(z, t.astype(tdtype), params[0])
 
     params = ((f_dyn, a_dyn), traced)
     inner = ts if ts is not None else jnp.zeros((0,), t0.dtype)
