@@ -71,10 +71,10 @@ QUICK = Settings(
     ensemble_repeats=5,
 )
 FULL = Settings(
-    first_call_repeats=3,
+    first_call_repeats=5,
     rounds=15,
     min_sample_s=0.05,
-    grad_first_call_repeats=1,
+    grad_first_call_repeats=3,
     grad_warmup=True,
     memory_max_steps=(1000, 10_000, 100_000),
     max_name_s=15.0,
