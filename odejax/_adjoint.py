@@ -455,18 +455,19 @@ def _backsolve_bwd(vector_field, adjoint, static, residuals, ct):
             _, a_lo, p_bar = jax.tree.map(lambda v: v[-1], sol.zs)
             return a_lo, p_bar, sol.stats, sol.dt_next
 
-    def interval(carry, x):
+    def interval(carry, i):
         # Each interval continues from the step size the previous one ended with (the first
         # from the forward solve's, below): the adjoint is continuous across save times.
+        # Interval i is [grid[i], grid[i + 1]], read by index: slices of the whole arrays
+        # would be copies, one kernel each.
         a, p_bar, dt = carry
-        t_hi, t_lo, z_hi, g_lo = x
+        t_hi, t_lo, z_hi, g_lo = grid[i + 1], grid[i], zs_flat[i + 1], g_flat[i]
         opts_i = back_opts._replace(dt0=lax.stop_gradient(dt))
         a_lo, p_bar, stats, dt = solve_interval(a, p_bar, t_hi, t_lo, z_hi, opts_i)
         a_lo = ravel_pytree(a_lo)[0]
         return (a_lo + g_lo, p_bar, dt), (a_lo, stats)
 
     p_bar0 = jax.tree.map(jnp.zeros_like, p_diff)
-    xs = (grid[1:][::-1], grid[:-1][::-1], zs_flat[1:][::-1], g_flat[:-1][::-1])
     y_last = interval_start(g_flat[-1], p_bar0, zs_flat[-1])
     # The backward pass starts with the step size the forward solve would have taken next (the
     # adjoint runs along the same trajectory, back from its end); Hairer's rule only without one.
@@ -478,7 +479,9 @@ def _backsolve_bwd(vector_field, adjoint, static, residuals, ct):
         lambda: _start_step(interval_rhs, y_last, grid[-1], grid[-2], back_static, back_opts),
     )
     start_nfe = jnp.where(usable, 0, 2)  # Hairer's rule evaluates the field twice
-    (a0, p_bar, _), (a_lo, stats) = lax.scan(interval, (g_flat[-1], p_bar0, dt_first), xs)
+    (a0, p_bar, _), (a_lo, stats) = lax.scan(  # the last interval first
+        interval, (g_flat[-1], p_bar0, dt_first), jnp.arange(grid.shape[0] - 1), reverse=True
+    )
     if adjoint.record_stats:
         totals = jax.tree.map(lambda s: jnp.sum(s, axis=0), stats)
         totals["nfe"] = totals["nfe"] + start_nfe
@@ -487,7 +490,7 @@ def _backsolve_bwd(vector_field, adjoint, static, residuals, ct):
     # Time gradients (closed form of the paper's Appendix C, see the module docstring).
     f_grid = jax.vmap(field_flat)(zs_flat, grid)
     grid_bar = jnp.sum(g_flat * f_grid, axis=1)
-    grid_bar = grid_bar.at[0].set(-jnp.dot(a_lo[-1], f_grid[0]))
+    grid_bar = grid_bar.at[0].set(-jnp.dot(a_lo[0], f_grid[0]))
     grid_bar = grid_bar.astype(grid.dtype)
     if not isinstance(ct.ts, SymbolicZero):
         grid_bar = grid_bar + ct.ts

@@ -2,7 +2,8 @@
 
 Problems visible at trace time raise Python exceptions that name the argument; value problems
 inside ``jit`` use ``equinox.error_if``. A failed solve raises (``throw=True``) from one host
-callback after the loop, which runs only when the status is not success.
+callback after the loop, which runs only when the status is not success or the save times are
+bad (with ``throw=True`` they are checked there too: one branch in the program for both).
 """
 
 from __future__ import annotations

@@ -215,7 +215,8 @@ def integrate(f, z0, t0, t1, ts, args, opts: Options, static: Static, event=None
     f0 = fn(t0, z_flat)
     nfe0 = 1
     if static.has_dt0:
-        dt0 = eqx.error_if(dt0, ~(jnp.abs(dt0) > 0), "dt0 must be non-zero and not nan.")
+        if not static.backward:  # a backward solve's is its previous interval's last step
+            dt0 = eqx.error_if(dt0, ~(jnp.abs(dt0) > 0), "dt0 must be non-zero and not nan.")
         dt_init = direction * jnp.abs(dt0)
     else:
         dt_init = initial_step(fn, t0, z_flat, f0, atol, rtol, solver.order, direction)
