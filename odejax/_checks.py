@@ -93,26 +93,36 @@ def check_vector_field(f, z0, t0, args) -> None:
             )
 
 
+def _tolerance_problems(rtol, atol, xp):
+    """``(failed, message)`` for each check of the tolerances; ``xp`` is ``jax.numpy`` or
+    ``numpy``."""
+    return (
+        (xp.any(rtol < 0), "rtol must be non-negative."),
+        (xp.any(atol < 0), "atol must be non-negative."),
+        (
+            xp.any((rtol == 0) & (atol == 0)),
+            "rtol and atol are both zero; give a positive tolerance.",
+        ),
+    )
+
+
 def tolerances_checked(rtol, atol) -> bool:
     """Check tolerances whose values are known at trace time; ``True`` if they were (then the
     compiled program needs no run-time check of them, see :func:`check_tolerances`)."""
     if isinstance(rtol, jax.core.Tracer) or isinstance(atol, jax.core.Tracer):
         return False
-    rtol, atol = np.asarray(rtol), np.asarray(atol)
-    for name, tol in (("rtol", rtol), ("atol", atol)):
-        if np.any(tol < 0):
-            raise ValueError(f"{name} must be non-negative.")
-    if np.any((rtol == 0) & (atol == 0)):
-        raise ValueError("rtol and atol are both zero; give a positive tolerance.")
+    for failed, message in _tolerance_problems(np.asarray(rtol), np.asarray(atol), np):
+        if failed:
+            raise ValueError(message)
     return True
 
 
 def check_tolerances(rtol, atol):
     """Run-time checks of array tolerances; returns them (tied to the checks)."""
-    rtol = eqx.error_if(rtol, jnp.any(rtol < 0), "rtol must be non-negative.")
-    atol = eqx.error_if(atol, jnp.any(atol < 0), "atol must be non-negative.")
-    both_zero = jnp.any((rtol == 0) & (atol == 0))
-    atol = eqx.error_if(atol, both_zero, "rtol and atol are both zero; give a positive tolerance.")
+    (neg_r, msg_r), (neg_a, msg_a), (zero, msg_zero) = _tolerance_problems(rtol, atol, jnp)
+    rtol = eqx.error_if(rtol, neg_r, msg_r)
+    atol = eqx.error_if(atol, neg_a, msg_a)
+    atol = eqx.error_if(atol, zero, msg_zero)
     return rtol, atol
 
 
@@ -146,8 +156,9 @@ def save_times_code(ts, t0, t1, xp=jnp):
 def check_save_times(ts, t0, t1, name: str = "ts"):
     """Run-time checks: ``ts`` strictly monotone in the solve's direction, inside [t0, t1].
 
-    A solve with ``throw=True`` checks ``ts`` in its failure check instead (``ts_code`` of
-    :func:`raise_if_failed`): one branch in the compiled program for both.
+    A solve with ``throw=True`` checks ``ts`` in its failure check instead (the ``guard`` in
+    :func:`odejax._integrate.integrate`, with :func:`report_failure`): one branch in the
+    compiled program for both.
     """
     code = save_times_code(ts, t0, t1)
     # Under vmap equinox reports the message of the largest index over the batch: members that
