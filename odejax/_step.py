@@ -7,9 +7,11 @@ fused vector updates.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Sequence
 from typing import NamedTuple
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 from jax import Array, lax
@@ -62,6 +64,9 @@ def rk_step(solver: Solver, fn: FlatField, t: Array, z: Array, dt: Array, f0: Ar
     tab = solver.tableau
     s = tab.num_stages
     dz = dt.astype(z.dtype)  # stage times stay in the time dtype, increments in the state's
+    # One broadcast: the reverse pass then sums the step's cotangent elementwise over the
+    # stages and reduces once (a scalar times each increment would reduce once per stage).
+    dz = jnp.broadcast_to(dz, z.shape)
     ks = [f0]
     z1 = None
     for i in range(1, s):
@@ -111,6 +116,8 @@ def interpolate(p: np.ndarray, kstack: Array, z_ref: Array, dt: Array, theta: Ar
 
     Written as unrolled elementwise arithmetic (Horner in ``θ`` over the vector coefficients
     ``Q_j = Σ_i P_ij K_i``) rather than matrix products, so XLA fuses it into one small kernel.
+    Its derivative is written out (:func:`_interpolant`): the reverse pass through a batch of
+    save times then costs a few reductions, not one per power of ``θ``.
 
     Args:
         p: ``(m, p + 1)`` weights from :func:`dense_weights`.
@@ -118,14 +125,65 @@ def interpolate(p: np.ndarray, kstack: Array, z_ref: Array, dt: Array, theta: Ar
         z_ref: ``(n,)`` the state the weights are anchored at (start or end of the step).
         dt: the step; ``theta``: scalar position in it.
     """
-    ks = [kstack[i] for i in range(kstack.shape[0])]
+    return _interpolant(tuple(map(tuple, np.asarray(p, np.float64).tolist())))(
+        kstack, z_ref, dt, theta
+    )
+
+
+def _horner(p: np.ndarray, ks: list, like: Array, theta: Array) -> Array | None:
+    """``Σ_{j ≥ 1} θ^j Σ_i P_ij K_i`` (``None`` when every such weight is zero)."""
     acc = None
-    for col in range(p.shape[1] - 1, 0, -1):  # Horner: Q_0 + θ(Q_1 + θ(Q_2 + ...))
+    for col in range(p.shape[1] - 1, 0, -1):  # Horner: θ(Q_1 + θ(Q_2 + ...))
         q = lincomb(p[:, col], ks)
-        q = jnp.zeros_like(z_ref) if q is None else q
+        q = jnp.zeros_like(like) if q is None else q
         acc = q if acc is None else q + theta * acc
-    acc = theta * acc
-    q0 = lincomb(p[:, 0], ks)
-    if q0 is not None:
-        acc = q0 + acc
-    return z_ref + dt * acc
+    return None if acc is None else theta * acc
+
+
+@functools.cache
+def _interpolant(p_rows: tuple) -> Callable:
+    """:func:`interpolate` for the weights ``p_rows``, with its JVP written out.
+
+    With ``A(θ) = Σ_i w_i(θ) K_i`` and ``z = z_ref + dt A(θ)``, the tangent is
+    ``dz_ref + ddt A + dt (Σ_i w_i(θ) dK_i + dθ A'(θ))``: linear in the tangents, with the
+    scalar weights ``w_i(θ)`` and the vector ``A'(θ)`` computed once. Its transpose then reads
+    ``z̄`` once per stage and reduces once for ``dθ`` and once for ``ddt``; JAX's transpose of
+    the Horner scheme itself reduces for ``dθ`` at every power of ``θ``.
+    """
+    p = np.asarray(p_rows)
+    deriv = p[:, 1:] * np.arange(1, p.shape[1])  # weights of A'(θ), from θ^0
+
+    def accumulate(kstack, z_ref, theta):
+        ks = [kstack[i] for i in range(kstack.shape[0])]
+        acc = _horner(p, ks, z_ref, theta)
+        q0 = lincomb(p[:, 0], ks)
+        if q0 is not None:
+            acc = q0 if acc is None else q0 + acc
+        return jnp.zeros_like(z_ref) if acc is None else acc
+
+    @jax.custom_jvp
+    def fn(kstack, z_ref, dt, theta):
+        return z_ref + dt * accumulate(kstack, z_ref, theta)
+
+    @fn.defjvp
+    def fn_jvp(primals, tangents):
+        kstack, z_ref, dt, theta = primals
+        dk, dz, ddt, dth = tangents
+        ks = [kstack[i] for i in range(kstack.shape[0])]
+        acc = accumulate(kstack, z_ref, theta)
+        tangent = dz + ddt * acc
+        # Σ_i w_i(θ) dK_i with each w_i(θ) a scalar polynomial (Horner).
+        th = theta.astype(kstack.dtype)
+        for i, row in enumerate(p):
+            if not np.any(row):
+                continue
+            w = functools.reduce(lambda a, c: a * th + float(c), row[::-1][1:], float(row[-1]))
+            tangent = tangent + (dt * w) * dk[i]
+        slope = lincomb(deriv[:, 0], ks)  # A'(θ)
+        rest = _horner(deriv, ks, z_ref, theta)
+        slope = rest if slope is None else slope if rest is None else slope + rest
+        if slope is not None:
+            tangent = tangent + (dt * dth).astype(kstack.dtype) * slope
+        return z_ref + dt * acc, tangent
+
+    return fn
