@@ -253,7 +253,7 @@ def _forward(fns: LoopFns, ts, t_end, init, buffers, store, span, rows=None, gua
     n0 = jnp.zeros((), jnp.int32) if store is not None else None  # the count only when storing
     s = (init, buffers, store, n0)
     # The scan and the step loops inside it share one packing: no unpacking between them.
-    packing = Scalars(s, arrays=len(jax.tree.leaves(init)))
+    packing = Scalars(s)
 
     def packed_step(p):
         return packing.pack(one_step(packing.unpack(p)))

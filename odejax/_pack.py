@@ -22,63 +22,43 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 from jax import lax
-
-PACK_LIMIT = 4096  # the most elements of an array packed with the scalars
 
 __all__ = ["Scalars", "funnel", "packed_while", "zeros_after"]
 
 
 class Scalars:
-    """A pytree with its scalars packed into one vector per dtype (a dtype with a single scalar
-    stays as it is).
+    """A pytree with its scalars packed into one vector per dtype (dtypes with one scalar, and
+    arrays, stay as they are)."""
 
-    ``arrays = k`` packs the small arrays (at most ``PACK_LIMIT`` elements) among the first ``k``
-    leaves too: a loop's state, whose every part the step rewrites. Then one kernel writes the
-    whole new state, after every kernel that reads the old one, so XLA needs no copy of the old
-    state to update it in place (with separate arrays it copies those it cannot prove are read
-    before they are overwritten: a sixth of a small solve's kernels). Buffers that a step
-    updates in place (dense output, stored carries) must stay out: packed, they would be
-    rewritten whole at every step.
-    """
-
-    def __init__(self, example, arrays: int = 0):
+    def __init__(self, example):
         leaves, self.treedef = jax.tree.flatten(example)
         groups: dict[Any, list[int]] = {}
         for i, x in enumerate(leaves):
-            limit = PACK_LIMIT if i < arrays else 1
-            if (jnp.ndim(x) == 0 or jnp.size(x) <= limit) and not jax.dtypes.issubdtype(
+            if jnp.ndim(x) == 0 and not jax.dtypes.issubdtype(
                 jnp.result_type(x), jax.dtypes.extended
             ):
                 groups.setdefault(jnp.result_type(x), []).append(i)
         self.groups = [(d, tuple(ix)) for d, ix in groups.items() if len(ix) > 1]
         self.packed = {i for _, ix in self.groups for i in ix}
-        self.shapes = [jnp.shape(x) for x in leaves]
         self.num_leaves = len(leaves)
 
     def pack(self, tree) -> tuple[list, list]:
         leaves = jax.tree.leaves(tree)
         rest = [x for i, x in enumerate(leaves) if i not in self.packed]
         vecs = [
-            jnp.concatenate([jnp.ravel(lax.convert_element_type(leaves[i], d)) for i in ix])
-            for d, ix in self.groups
+            jnp.stack([lax.convert_element_type(leaves[i], d) for i in ix]) for d, ix in self.groups
         ]
         return rest, vecs
 
     def unpack(self, packed: tuple[list, list], batched: bool = False):
         """The tree back from :meth:`pack`'s output. ``batched``: the arrays (NumPy ones, on
-        the host, say) have leading batch axes, so each leaf is read off the last axis."""
+        the host, say) have leading batch axes, so each scalar is read off the last axis."""
         rest, vecs = packed
         leaves = [None] * self.num_leaves
         for (_, ix), v in zip(self.groups, vecs):
-            start = 0
-            for i in ix:
-                shape = self.shapes[i]
-                size = int(np.prod(shape, dtype=int))
-                piece = v[..., start : start + size]
-                leaves[i] = piece.reshape(piece.shape[:-1] + shape)
-                start += size
+            for j, i in enumerate(ix):
+                leaves[i] = v[..., j] if batched else v[j]
         rest = iter(rest)
         leaves = [next(rest) if i not in self.packed else x for i, x in enumerate(leaves)]
         return jax.tree.unflatten(self.treedef, leaves)
