@@ -163,6 +163,27 @@ def flatten(tree) -> tuple[Array, Callable]:
     return ravel_pytree(tree)
 
 
+@jax.custom_jvp
+def _at_start(z: Array, t_out: Array, t_ref: Array, f0: Array) -> Array:
+    """``z``, the state at ``t_ref`` before any step, read off as the state at ``t_out == t_ref``.
+
+    No step of the solver has a say in that value, so differentiating the loop would give it no
+    dependence on ``t_out`` or ``t_ref``. The computed solution has one: a step of any length
+    ``h`` from ``z`` gives ``z + h f0 + O(h²)``. The JVP adds that first-order term,
+    ``f0 (dt_out - dt_ref)``, so time derivatives at the start are those of the steps that would
+    follow (as the backsolve adjoint gives them). The value is ``z`` itself.
+    """
+    del t_out, t_ref, f0
+    return z
+
+
+@_at_start.defjvp
+def _at_start_jvp(primals, tangents):
+    z, _, _, f0 = primals
+    dz, dt_out, dt_ref, _ = tangents
+    return z, dz + (dt_out - dt_ref).astype(z.dtype) * f0
+
+
 _STIFF_STEPS = {"esdirk": esdirk_step, "rosenbrock": rosenbrock_step}
 
 
@@ -553,6 +574,8 @@ def integrate(f, z0, t0, t1, ts, args, opts: Options, static: Static, event=None
         # ti too: the derivative from inside the step, as at any other save time).
         at_t = lax.stop_gradient(st.z) + (zi - lax.stop_gradient(zi))
         zi = jnp.where(ti == st.t, at_t, zi)
+        # Before any step (a save at the start), the time derivative of the steps to come.
+        zi = jnp.where(dt_a == 0, _at_start(zi, ti, st.t, st.f0), zi)
         return jnp.where(times()[2] * (st.t - ti) >= 0, zi, jnp.nan)
 
     def before(st: _LoopState, ti):
@@ -661,15 +684,18 @@ def integrate(f, z0, t0, t1, ts, args, opts: Options, static: Static, event=None
         packing = Scalars(final)
         packed, zs = guard(packing, packing.pack(final), zs, carry=lambda tree: tree)
         final = packing.unpack(packed)
+    trivial = t0 == t1
     if not save_ts:
         ok = final.status == Status.SUCCESS
         if has_event:
             ok = ok | (final.status == Status.EVENT)
-        zs = jnp.where(ok, final.z, jnp.nan)[None]
+        # With t1 == t0 no step is taken: the end state is the start, with the time derivatives
+        # of the steps that a later t1 would take.
+        z_end = jnp.where(trivial, _at_start(final.z, t1, final.t, final.f0), final.z)
+        zs = jnp.where(ok, z_end, jnp.nan)[None]
     if static.progress:
         _progress.progress_close(pkey, final.t, final.num_steps)
 
-    trivial = t0 == t1
     if stiff:
         nfe = nfe0 + final.extra[0]
     else:

@@ -120,6 +120,47 @@ def test_final_state_only_times_and_backwards():
             np.testing.assert_allclose(a, b, rtol=1e-9, atol=1e-12)
 
 
+@pytest.mark.parametrize("length", [0.0, 1.0], ids=["t1=t0", "t1>t0"])
+@pytest.mark.parametrize("adjoint", ["checkpoint", AD, "forward"], ids=["rule", "ad", "fwd"])
+def test_time_derivatives_at_the_start(adjoint, length):
+    """Outputs read off before any step (the end state when t1 == t0, a save time at t0 that is
+    an input of its own): the derivative with respect to that time is f there, as the backsolve
+    adjoint gives it, where a loop of no steps alone would give zero."""
+    args = (jnp.array(0.7), jnp.array(2.0))
+    z0, t0 = jnp.array([1.0, -2.0, 0.5]), 0.3
+    t1 = t0 + length
+    ts = jnp.array([t0, t1]) if length else jnp.array([t0])
+    f0 = forced(z0, t0, args)
+    w = jnp.arange(1.0, 4.0)
+
+    def end(t0, t1, adjoint=adjoint):  # the end state only
+        sol = odejax.solve(forced, z0, t0, t1, args=args, adjoint=adjoint)
+        return jnp.sum(sol.zs[-1] * w)
+
+    def saved(ts0):  # ts[0] == t0 in value, but an input of its own
+        sol = odejax.solve(forced, z0, t0, t1, ts=ts.at[0].set(ts0), args=args, adjoint=adjoint)
+        return jnp.sum(sol.zs**2)
+
+    if adjoint == "forward":
+        got_end = [jax.jvp(lambda s: end(s, t1), (t0,), (1.0,))[1]]
+        got_end.append(jax.jvp(lambda s: end(t0, s), (t1,), (1.0,))[1])
+        got_ts0 = jax.jvp(saved, (t0,), (1.0,))[1]
+    else:
+        got_end = jax.grad(end, argnums=(0, 1))(t0, t1)
+        got_ts0 = jax.grad(saved)(t0)
+    if not length:
+        np.testing.assert_allclose(got_end, [-(w @ f0), w @ f0], rtol=1e-12)
+    want = jax.grad(end, argnums=(0, 1))(t0, t1, "backsolve")
+    np.testing.assert_allclose(got_end, want, rtol=1e-5)
+    # d zs[0] / d ts[0] = f0, whatever t1: the loss's derivative is 2 z0 . f0
+    np.testing.assert_allclose(got_ts0, 2 * z0 @ f0, rtol=1e-12)
+    # The values read off at the start are the initial state itself.
+    sol = odejax.solve(forced, z0, t0, t1, ts=ts, args=args, adjoint=adjoint)
+    np.testing.assert_array_equal(sol.zs[0], z0)
+    if not length:
+        np.testing.assert_array_equal(odejax.solve(forced, z0, t0, t1, args=args).zs[-1], z0)
+
+
 def test_pytree_state_module_field_and_integer_leaves():
     class Field(eqx.Module):
         w: jax.Array
