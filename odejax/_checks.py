@@ -70,8 +70,12 @@ def state_dtype(z0) -> jnp.dtype:
 def check_nonnegative(name: str, value) -> None:
     """Trace-time check of a Python-number tolerance (arrays are checked in `check_tolerances`)."""
     for leaf in jax.tree.leaves(value):
-        if isinstance(leaf, numbers.Real) and leaf < 0:
-            raise ValueError(f"{name}={leaf} is negative; tolerances must be non-negative.")
+        if isinstance(leaf, str | bytes) or not (
+            isinstance(leaf, numbers.Real) or jnp.issubdtype(jnp.result_type(leaf), jnp.number)
+        ):
+            raise TypeError(f"{name} must be a number or an array of numbers, got {leaf!r}.")
+        if isinstance(leaf, numbers.Real) and not leaf >= 0:
+            raise ValueError(f"{name}={leaf} is negative or nan; tolerances must be non-negative.")
 
 
 def check_vector_field(f, z0, t0, args) -> None:
@@ -97,8 +101,8 @@ def _tolerance_problems(rtol, atol, xp):
     """``(failed, message)`` for each check of the tolerances; ``xp`` is ``jax.numpy`` or
     ``numpy``."""
     return (
-        (xp.any(rtol < 0), "rtol must be non-negative."),
-        (xp.any(atol < 0), "atol must be non-negative."),
+        (xp.any(~(rtol >= 0)), "rtol must be non-negative (and not nan)."),
+        (xp.any(~(atol >= 0)), "atol must be non-negative (and not nan)."),
         (
             xp.any((rtol == 0) & (atol == 0)),
             "rtol and atol are both zero; give a positive tolerance.",

@@ -19,6 +19,7 @@ tolerance (seen: 4e-14 for 4 devices, 3e-10 with ``chunk_size``, float64, rtol 1
 
 from __future__ import annotations
 
+import functools
 from typing import Any
 
 import equinox as eqx
@@ -27,7 +28,9 @@ import jax.numpy as jnp
 import numpy as np
 from jax.sharding import Mesh, PartitionSpec
 
-from ._solve import odeint, solve
+from . import _checks
+from ._solution import Status
+from ._solve import DEFAULT_MAX_STEPS, solve
 
 __all__ = ["ensemble"]
 
@@ -254,21 +257,34 @@ def _run(f, z_leaves, ts, batched, shared, solve_opts, plan: _Plan):
         arg_leaves = [next(s) if ax is None else next(b) for ax in plan.axes]
         args = jax.tree.unflatten(plan.arg_def, arg_leaves)
         z0 = jax.tree.unflatten(plan.z_def, z_leaves)
-        if plan.return_solution:
-            return solve(f, z0, ts[0], ts[-1], args=args, ts=ts, **opts)
-        return odeint(f, z0, ts, args, **opts)
+        # No failure check on a device: a device whose check raised would leave the others
+        # waiting at the gather below for ever. The statuses are checked once, after it.
+        sol = solve(f, z0, ts[0], ts[-1], args=args, ts=ts, **{**opts, "throw": False})
+        return (sol if plan.return_solution else sol.zs), sol.status, sol.t_final
 
     def per_device(z_leaves, batched, rep_dyn):
         solve_batch = jax.vmap(member, in_axes=(0, 0, None))
         if plan.chunk is None:
-            return solve_batch(z_leaves, batched, rep_dyn)
-        c = plan.chunk
-        split = lambda x: x.reshape(x.shape[0] // c, c, *x.shape[1:])  # noqa: E731
-        merge = lambda x: x.reshape(x.shape[0] * x.shape[1], *x.shape[2:])  # noqa: E731
-        out = jax.lax.map(
-            lambda zb: solve_batch(*zb, rep_dyn), jax.tree.map(split, (z_leaves, batched))
+            out = solve_batch(z_leaves, batched, rep_dyn)
+        else:
+            c = plan.chunk
+            split = lambda x: x.reshape(x.shape[0] // c, c, *x.shape[1:])  # noqa: E731
+            merge = lambda x: x.reshape(x.shape[0] * x.shape[1], *x.shape[2:])  # noqa: E731
+            out = jax.lax.map(
+                lambda zb: solve_batch(*zb, rep_dyn), jax.tree.map(split, (z_leaves, batched))
+            )
+            out = jax.tree.map(merge, out)
+        out, status, t_final = out
+        if not solve_opts.get("throw", True):
+            return out
+        # Every device checks every member's status (gathered first), so that all of them
+        # raise, or none: one device raising alone would leave the others waiting at the next
+        # collective for ever (XLA then aborts the process).
+        gather = functools.partial(jax.lax.all_gather, axis_name=plan.axis_name, tiled=True)
+        t1 = eqx.combine(rep_dyn, rep_static)[1][-1]
+        return _raise_if_any_failed(
+            out, gather(status), gather(t_final), t1, solve_opts, plan.batch
         )
-        return jax.tree.map(merge, out)
 
     spec = PartitionSpec(plan.axis_name)
     out = jax.shard_map(
@@ -281,3 +297,25 @@ def _run(f, z_leaves, ts, batched, shared, solve_opts, plan: _Plan):
     if plan.padded != plan.batch:
         out = jax.tree.map(lambda x: x[: plan.batch], out)
     return out
+
+
+def _raise_if_any_failed(out, status, t_final, t1, solve_opts, batch):
+    """``out`` unchanged; raises :class:`odejax.OdeSolveError` for the first failed member
+    (of the first ``batch``: the rest is padding)."""
+    # A terminal event is a success (as in solve's own check).
+    status = jnp.where(status == Status.EVENT, Status.SUCCESS, status).astype(status.dtype)
+    failed = _checks.any_failed(status, jnp.zeros((), bool))  # unbatched, even under vmap
+
+    def describe(x):
+        _, status, t_final, t1 = x
+        _checks.report_failure(
+            status[:batch],
+            t_final[:batch],
+            t1,
+            None,
+            solve_opts.get("max_steps", DEFAULT_MAX_STEPS),
+            False,
+            solve_opts.get("dtmin") is not None,
+        )
+
+    return _checks.raise_if_failed((out, status, t_final, t1), failed, describe)[0]

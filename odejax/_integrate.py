@@ -95,6 +95,7 @@ class Static(NamedTuple):
     norm_channels: tuple[int, ...] | None = None
     backward: bool = False  # this is an adjoint's backward solve (for error messages)
     check_tols: bool = True  # check the tolerances at run time (False: checked at trace time)
+    check_steps: bool = True  # check dt0/dtmin/dtmax at run time (False: checked at trace time)
     # Check the save times in the failure check (with throw=True): 1 all of ts, 2 all but its
     # ends (ts is then [t0, the user's save times..., t1]); 0 no check (done by the caller).
     check_ts: int = 0
@@ -233,11 +234,21 @@ def integrate(f, z0, t0, t1, ts, args, opts: Options, static: Static, event=None
     if stiff:
         _check_differentiable(solver, fn, t0, z_flat)
 
+    if static.check_steps and not static.backward:  # a backward solve's come from its forward
+        if static.has_dt0:
+            dt0 = eqx.error_if(
+                dt0, ~(jnp.abs(dt0) < jnp.inf) | ~(dt0 != 0), "dt0 must be non-zero and finite."
+            )
+        if static.has_dtmin:
+            dtmin = eqx.error_if(
+                dtmin, ~((dtmin >= 0) & (dtmin < jnp.inf)), "dtmin must be non-negative and finite."
+            )
+        if static.has_dtmax:
+            dtmax = eqx.error_if(dtmax, ~(dtmax > 0), "dtmax must be positive (inf for no bound).")
+
     f0 = fn(t0, z_flat)
     nfe0 = 1
     if static.has_dt0:
-        if not static.backward:  # a backward solve's is its previous interval's last step
-            dt0 = eqx.error_if(dt0, ~(jnp.abs(dt0) > 0), "dt0 must be non-zero and not nan.")
         dt_init = direction * jnp.abs(dt0)
     else:
         dt_init = initial_step(fn, t0, z_flat, f0, atol, rtol, solver.order, direction)
@@ -302,14 +313,20 @@ def integrate(f, z0, t0, t1, ts, args, opts: Options, static: Static, event=None
         saved=saved,
         num_steps=zero,
         num_accepted=zero,
-        status=jnp.where(t0 == t1, Status.SUCCESS, _RUNNING).astype(jnp.int32),
+        # t0 or t1 nan or infinite: no step can be taken (nan fails every comparison).
+        status=jnp.where(
+            ~(jnp.isfinite(t0) & jnp.isfinite(t1)),
+            Status.NONFINITE,
+            jnp.where(t0 == t1, Status.SUCCESS, _RUNNING),
+        ).astype(jnp.int32),
         dense=dense,
         extra=extra,
         event=ev_state,
     )
 
-    if static.progress:
-        pkey = _progress.progress_open(t0, t1)
+    if static.progress:  # the loop starts from a t0 tied to the bar's opening
+        pkey, t_start = _progress.progress_open(t0, t1)
+        state = state._replace(t=t_start)
 
     def cond(st: _LoopState):
         return st.status == _RUNNING
@@ -367,21 +384,28 @@ def integrate(f, z0, t0, t1, ts, args, opts: Options, static: Static, event=None
         """``(t0, t1, direction, t_big)`` inside a loop body."""
         return in_loop[0], in_loop[1], in_loop[2], in_loop[3]
 
-    def land(t_try):
-        """The end of a step aimed at ``t_try``: exactly ``t1`` if only rounding noise is left."""
+    def land(t_try, t):
+        """The end of a step from ``t`` aimed at ``t_try``: exactly ``t1`` if what is left is
+        rounding noise (steps that add up to t1 in exact arithmetic) and at most 1% of the
+        step, so the stretched step is hardly longer (far from t = 0 a step may be only a few
+        dozen ulps of t long)."""
         _, t1, direction, t_big = times()
-        slack = 64 * jnp.finfo(tdtype).eps * jnp.maximum(jnp.abs(t_try), t_big)
+        noise = 64 * jnp.finfo(tdtype).eps * jnp.maximum(jnp.abs(t_try), t_big)
+        slack = jnp.minimum(noise, 0.01 * jnp.abs(t_try - t))
         return jnp.where(direction * (t1 - t_try) <= slack, t1, t_try)
 
     def attempt(st: _LoopState) -> tuple[_LoopState, tuple]:
         """One attempted step; also the dense output's writes (``(index, value)`` pairs)."""
-        t0, t1, direction, _ = times()
+        t0, t1, direction, t_big = times()
         t, z = st.t, st.z
         if solver.adaptive:
             t_try = t + st.dt
-        else:  # count fixed steps from t0 so rounding does not accumulate
+        elif not has_event:  # count fixed steps from t0 so rounding does not accumulate
             t_try = t0 + (st.num_accepted + 1).astype(tdtype) * st.dt
-        t_next = land(t_try)
+        else:  # an event may stop a step between grid points: on to the next one after t
+            k = jnp.floor((t - t0) / st.dt + 1e-6) + 1
+            t_try = t0 + k * st.dt
+        t_next = land(t_try, t)
         final_step = t_next == t1
         dt = t_next - t
         if stiff:
@@ -415,7 +439,11 @@ def integrate(f, z0, t0, t1, ts, args, opts: Options, static: Static, event=None
             dt_new = direction * jnp.minimum(jnp.abs(dt_new), dtmax)
         # The step cannot shrink any more: it vanishes in t, or (t too coarse for it) the next
         # attempt would end where the rejected one did.
-        underflow = (t + dt_new == t) | (land(t + dt_new) == t_next) | ~jnp.isfinite(dt_new)
+        underflow = (t + dt_new == t) | (land(t + dt_new, t) == t_next) | ~jnp.isfinite(dt_new)
+        # A non-finite candidate (nan in the state, or f blowing up) stops shrinking at the
+        # resolution of the largest time in play: near t = 0 the test above would wait for
+        # denormal steps, hundreds of rejections.
+        underflow = underflow | (~finite & (jnp.abs(dt_new) <= jnp.finfo(tdtype).eps * t_big))
         if static.has_dtmin:
             underflow = underflow | (jnp.abs(dt_new) < dtmin)
         if not solver.adaptive:
@@ -539,7 +567,7 @@ def integrate(f, z0, t0, t1, ts, args, opts: Options, static: Static, event=None
         if stiff:
             extra = (st.extra[0] + step.nfe, st.extra[1] + step.nlin)
         if static.progress:
-            _progress.progress_update(pkey, t_new, num_steps)
+            t_new = _progress.progress_update(pkey, t_new, num_steps, st.status == _RUNNING)
         new = _LoopState(
             t=t_new,
             z=z_new,
@@ -694,7 +722,7 @@ def integrate(f, z0, t0, t1, ts, args, opts: Options, static: Static, event=None
         z_end = jnp.where(trivial, _at_start(final.z, t1, final.t, final.f0), final.z)
         zs = jnp.where(ok, z_end, jnp.nan)[None]
     if static.progress:
-        _progress.progress_close(pkey, final.t, final.num_steps)
+        zs = _progress.progress_close(pkey, zs, final.t, final.num_steps)
 
     if stiff:
         nfe = nfe0 + final.extra[0]
@@ -713,9 +741,11 @@ def integrate(f, z0, t0, t1, ts, args, opts: Options, static: Static, event=None
     interp = None
     if static.dense:
         t_nodes, z_nodes, k_nodes = final.dense[:3]
-        # Unused tail nodes repeat the end time so the search over nodes stays sorted.
+        # Unused tail nodes repeat the end time so the search over nodes stays sorted. Node 0 is
+        # t0 itself, not the buffer's initial value (which the checkpoint adjoint does not
+        # differentiate): the first step's interpolant depends on t0.
         idx = jnp.arange(static.max_steps + 1)
-        t_nodes = jnp.where(idx <= final.num_accepted, t_nodes, final.t)
+        t_nodes = jnp.where(idx == 0, t0, jnp.where(idx <= final.num_accepted, t_nodes, final.t))
         # With no step accepted (t0 == t1, or a failure at once) the only node is the start.
         z_nodes = z_nodes.at[0].set(jnp.where(final.num_accepted > 0, z_nodes[0], z_flat))
         interp = DenseInterpolation(
@@ -738,7 +768,8 @@ def integrate(f, z0, t0, t1, ts, args, opts: Options, static: Static, event=None
         zs=jax.vmap(unravel)(zs),
         stats=stats,
         status=final.status,
-        t_final=final.t,
+        # t1 itself when no step is taken (t1 == t0): its derivative is d t1, as with a step.
+        t_final=jnp.where(trivial, t1, final.t),
         interpolation=interp,
         dt_next=lax.stop_gradient(final.dt),  # a suggestion, not differentiated
         **ev_out,

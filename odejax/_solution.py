@@ -46,7 +46,8 @@ _ADVICE = {
     ),
     Status.NONFINITE: (
         "the vector field returned non-finite values (nan/inf) and shrinking the step did not"
-        " help; check `f`, `z0` and `args` for nan/inf or a blow-up of the solution"
+        " help, or `t0`/`t1` is not finite; check `t0`, `t1`, `f`, `z0` and `args` for nan/inf"
+        " or a blow-up of the solution"
     ),
     Status.EVENT: "",
     Status.MAX_EVENTS_REACHED: (

@@ -171,6 +171,34 @@ def _as_time(x, dtype, name: str) -> Array:
     return arr.astype(dtype)
 
 
+MAX_STEPS_LIMIT = int(np.iinfo(np.int32).max)
+
+# What a step-size option must be: (test of its value, the rule in words). ``dtmax = inf`` is no
+# bound at all; a signed ``dt0`` is fine (its sign is taken from t1 - t0).
+_STEP_RULES = {
+    "dt0": (lambda x: 0 < abs(x) < np.inf, "non-zero and finite"),
+    "dtmin": (lambda x: 0 <= x < np.inf, "non-negative and finite"),
+    "dtmax": (lambda x: x > 0, "positive (inf for no bound)"),
+}
+
+
+def _known(x) -> bool:
+    """Whether ``x``'s value is known at trace time (not a tracer)."""
+    return not isinstance(x, jax.core.Tracer)
+
+
+def _step_size(x, dtype, name: str) -> Array:
+    """``dt0``/``dtmin``/``dtmax`` as a scalar of the time dtype; a value known at trace time
+    is checked here (a traced one at run time, in :func:`odejax._integrate.integrate`)."""
+    arr = _as_time(x, dtype, name)
+    if arr.ndim:
+        raise ValueError(f"{name} must be a scalar, got shape {arr.shape}.")
+    ok, rule = _STEP_RULES[name]
+    if _known(arr) and not ok(float(arr)):
+        raise ValueError(f"{name} must be {rule}, got {float(arr)}.")
+    return arr
+
+
 def solve(
     f,
     z0,
@@ -243,10 +271,13 @@ def solve(
         raise TypeError(f"max_steps must be an int, got {type(max_steps).__name__}.")
     if max_steps < 1:
         raise ValueError(f"max_steps must be at least 1, got {max_steps}.")
+    if max_steps > MAX_STEPS_LIMIT:
+        raise ValueError(
+            f"max_steps must be at most 2**31 - 1 = {MAX_STEPS_LIMIT} (steps are counted in"
+            f" int32), got {max_steps}."
+        )
     if not solver.adaptive and dt0 is None:
         raise ValueError(f"The fixed-step solver {solver.name!r} needs a step size: pass dt0=.")
-    if isinstance(dt0, (int, float)) and dt0 == 0:
-        raise ValueError("dt0 must be non-zero.")
     controller = PIController() if controller is None else controller
     if not isinstance(controller, PIController):
         raise TypeError(f"controller must be an odejax.PIController, got {type(controller)}.")
@@ -256,25 +287,29 @@ def solve(
     dtype = _checks.state_dtype(z0)
     z0 = jax.tree.map(lambda x: jnp.asarray(x, dtype=jnp.result_type(x)), z0)
     tdtype = jnp.finfo(dtype).dtype  # real dtype of the state (float32/float64)
-    t0 = _as_time(t0, tdtype, "t0")
-    t1 = _as_time(t1, tdtype, "t1")
+    with jax.ensure_compile_time_eval():  # numbers stay concrete: checked at trace time
+        t0 = _as_time(t0, tdtype, "t0")
+        t1 = _as_time(t1, tdtype, "t1")
     if t0.ndim or t1.ndim:
         raise ValueError(f"t0 and t1 must be scalars, got shapes {t0.shape} and {t1.shape}.")
+    for name, t in (("t0", t0), ("t1", t1)):
+        if _known(t) and not np.isfinite(np.asarray(t)):
+            raise ValueError(f"{name} must be finite, got {np.asarray(t)}.")
     if ts is not None:
         ts = _as_time(ts, tdtype, "ts")
         if ts.ndim != 1 or ts.shape[0] < 1:
             raise ValueError(f"ts must be a 1-D array of save times, got shape {ts.shape}.")
     adjoint = get_adjoint(adjoint)
-    opt = lambda x, name: None if x is None else _as_time(x, tdtype, name)  # noqa: E731
-    with jax.ensure_compile_time_eval():  # tolerances given as numbers stay concrete arrays
+    opt = lambda x, name: None if x is None else _step_size(x, tdtype, name)  # noqa: E731
+    with jax.ensure_compile_time_eval():  # options given as numbers stay concrete arrays
         rtol, atol = flatten_tol(rtol, z0, tdtype), flatten_tol(atol, z0, tdtype)
-    opts = Options(
-        rtol=rtol,
-        atol=atol,
-        dt0=opt(dt0, "dt0"),
-        dtmin=opt(dtmin, "dtmin"),
-        dtmax=opt(dtmax, "dtmax"),
-    )
+        opts = Options(
+            rtol=rtol,
+            atol=atol,
+            dt0=opt(dt0, "dt0"),
+            dtmin=opt(dtmin, "dtmin"),
+            dtmax=opt(dtmax, "dtmax"),
+        )
     static = Static(
         solver=solver,
         controller=controller,
@@ -286,6 +321,7 @@ def solve(
         has_dtmin=dtmin is not None,
         has_dtmax=dtmax is not None,
         check_tols=not _checks.tolerances_checked(opts.rtol, opts.atol),
+        check_steps=not all(_known(x) for x in (opts.dt0, opts.dtmin, opts.dtmax)),
     )
     if event is not None and not isinstance(event, Event):
         raise TypeError(f"event must be an odejax.Event or None, got {type(event).__name__}.")

@@ -53,11 +53,19 @@ def trajectory(model: NeuralODE, z0, ts):
     return model(z0, ts=ts)
 
 
+def _positive(text: str) -> int:
+    """An argparse type: a positive int."""
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be a positive integer, got {value}")
+    return value
+
+
 def main(argv=None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--steps", type=int, default=1000, help="training steps")
+    parser.add_argument("--steps", type=_positive, default=1000, help="training steps")
     parser.add_argument("--lr", type=float, default=2e-2, help="Adam learning rate")
-    parser.add_argument("--log-every", type=int, default=100, help="print every N steps")
+    parser.add_argument("--log-every", type=_positive, default=100, help="print every N steps")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument(
         "--plot", default="cubic_spiral.png", help="where to write a PNG ('' for none)"

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import functools
 import inspect
+import itertools
 import time
 from collections.abc import Callable, Iterable
 from typing import Any
@@ -118,6 +119,8 @@ def fit(
         optimizer: an ``optax.GradientTransformation`` (default ``optax.adam(1e-3)``). The
             compiled step is cached on ``(loss_fn, optimizer)``: pass the same objects to train
             several models of one structure (e.g. one per setting) with a single compilation.
+            A loss that reads arrays from outside its arguments (a global dataset) gets a fresh
+            step each call, so that it sees their current values.
         steps: number of optimisation steps (default: until ``batches`` is exhausted).
         key: a ``jax.random`` key, split each step into a batch key (callable ``batches``) and a
             key for ``loss_fn`` (if it takes one).
@@ -160,13 +163,20 @@ def fit(
     step_fn = None
     bar = tqdm(total=steps, disable=not progress, desc="fit", dynamic_ncols=True)
     try:
-        for i, (batch, k) in enumerate(source):
-            if steps is not None and i >= steps:
+        for i in itertools.count():
+            if steps is not None and i >= steps:  # checked first: no batch drawn past the end
+                break
+            try:
+                batch, k = next(source)
+            except StopIteration:
                 break
             if step_fn is None:
-                out = eqx.filter_eval_shape(call_loss, model, batch, k)
+                traced, out, _ = eqx.filter_make_jaxpr(call_loss)(model, batch, k)
                 has_aux = isinstance(out, tuple)
-                step_fn = _make_step(loss_fn, with_key, optimizer, has_aux)
+                # Arrays the loss reads from outside its arguments (a global dataset, say) are
+                # baked into the compiled step: such a step is not reused by a later call,
+                # which must see their values then.
+                step_fn = _make_step(loss_fn, with_key, optimizer, has_aux, not traced.consts)
             start = time.perf_counter()
             model, opt_state, loss, aux = step_fn(model, opt_state, batch, k)
             loss = float(loss)  # waits for the step
@@ -198,13 +208,17 @@ def _call_loss(loss_fn, with_key: bool, m, batch, k):
     return loss_fn(m, batch, k) if with_key else loss_fn(m, batch)
 
 
-def _make_step(loss_fn, with_key: bool, optimizer, has_aux: bool):
-    """The jitted training step, cached: repeated ``fit`` calls with the same ``loss_fn`` and
-    ``optimizer`` objects (e.g. one model per setting in a loop) reuse its compilation."""
-    try:
-        return _cached_step(loss_fn, with_key, optimizer, has_aux)
-    except TypeError:  # an unhashable loss_fn or optimizer: build a fresh step
-        return _build_step(loss_fn, with_key, optimizer, has_aux)
+def _make_step(loss_fn, with_key: bool, optimizer, has_aux: bool, reuse: bool = True):
+    """The jitted training step, cached when ``reuse``: repeated ``fit`` calls with the same
+    ``loss_fn`` and ``optimizer`` objects (e.g. one model per setting in a loop) reuse its
+    compilation. Not when the loss captures arrays (``reuse=False``): a cached step would keep
+    their values from its first call."""
+    if reuse:
+        try:
+            return _cached_step(loss_fn, with_key, optimizer, has_aux)
+        except TypeError:  # an unhashable loss_fn or optimizer: build a fresh step
+            pass
+    return _build_step(loss_fn, with_key, optimizer, has_aux)
 
 
 def _build_step(loss_fn, with_key: bool, optimizer, has_aux: bool):

@@ -340,3 +340,72 @@ def test_non_monotone_ts_message_under_vmap():
     tss = jnp.array([[0.0, 1.0, 2.0], [0.0, 2.0, 4.0]])
     with pytest.raises(Exception, match=r"ts must lie within \[t0, t1\]"):
         jax.block_until_ready(jax.vmap(lambda ts: run(decay, Z0, 0.0, 3.0, ts=ts).zs)(tss))
+
+
+# --------------------------------------------------------------------------------------------
+# Step-size options, max_steps and times that are not finite
+# --------------------------------------------------------------------------------------------
+
+
+def test_max_steps_beyond_the_int32_counter():
+    with pytest.raises(ValueError, match="max_steps must be at most 2\\*\\*31 - 1"):
+        odejax.solve(decay, Z0, 0.0, 1.0, max_steps=2**31)
+
+
+@pytest.mark.parametrize(
+    "name, value, rule",
+    [
+        ("dtmax", -0.1, "dtmax must be positive"),
+        ("dtmax", 0.0, "dtmax must be positive"),
+        ("dtmax", float("nan"), "dtmax must be positive"),
+        ("dtmin", -1e-3, "dtmin must be non-negative and finite"),
+        ("dtmin", float("inf"), "dtmin must be non-negative and finite"),
+        ("dt0", float("inf"), "dt0 must be non-zero and finite"),
+        ("dt0", 0.0, "dt0 must be non-zero and finite"),
+    ],
+)
+def test_bad_step_size_option(name, value, rule):
+    """Known at trace time: a ValueError at once. Traced: an error when the solve runs."""
+    with pytest.raises(ValueError, match=rule):
+        odejax.solve(decay, Z0, 0.0, 1.0, **{name: value})
+    solve = jax.jit(lambda x: odejax.solve(decay, Z0, 0.0, 1.0, **{name: x}).zs)
+    with pytest.raises(Exception, match=rule):
+        jax.block_until_ready(solve(jnp.asarray(value)))
+
+
+@pytest.mark.parametrize("name", ["dt0", "dtmin", "dtmax"])
+def test_step_size_option_must_be_a_scalar(name):
+    with pytest.raises(ValueError, match=f"{name} must be a scalar"):
+        odejax.solve(decay, Z0, 0.0, 1.0, **{name: jnp.array([0.1, 0.2])})
+
+
+def test_dtmax_infinite_is_no_bound():
+    sol = run(decay, Z0, 0.0, 1.0, dtmax=float("inf"))
+    np.testing.assert_allclose(sol.zs[-1], Z0 * np.exp(-1.0), rtol=1e-5)
+
+
+@pytest.mark.parametrize("name", ["rtol", "atol"])
+def test_nan_or_text_tolerance(name):
+    with pytest.raises(ValueError, match=f"{name}=nan is negative or nan"):
+        odejax.solve(decay, Z0, 0.0, 1.0, **{name: float("nan")})
+    with pytest.raises(TypeError, match=f"{name} must be a number"):
+        odejax.solve(decay, Z0, 0.0, 1.0, **{name: "1e-3"})
+    solve = jax.jit(lambda tol: odejax.solve(decay, Z0, 0.0, 1.0, **{name: tol}).zs)
+    with pytest.raises(Exception, match=f"{name} must be non-negative \\(and not nan\\)"):
+        jax.block_until_ready(solve(jnp.asarray(np.nan)))
+
+
+@pytest.mark.parametrize("t0, t1", [(np.nan, 1.0), (0.0, np.nan), (0.0, np.inf)])
+def test_times_not_finite(t0, t1):
+    """A number: a ValueError naming it. Traced: status NONFINITE with no step taken (the
+    solve's failure check raises with ``throw=True``)."""
+    name = "t0" if not np.isfinite(t0) else "t1"
+    with pytest.raises(ValueError, match=f"{name} must be finite"):
+        odejax.solve(decay, Z0, t0, t1)
+    for kw in ({}, {"adjoint": "checkpoint"}):
+        solve = jax.jit(lambda a, b, kw=kw: odejax.solve(decay, Z0, a, b, throw=False, **kw))
+        sol = solve(t0, t1)
+        assert sol.result == odejax.Status.NONFINITE
+        assert int(sol.stats["num_steps"]) == 0
+    with pytest.raises(Exception, match="t0`/`t1` is not finite"):
+        jax.block_until_ready(jax.jit(lambda a, b: odejax.solve(decay, Z0, a, b).zs)(t0, t1))

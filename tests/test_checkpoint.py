@@ -270,3 +270,40 @@ def test_leaves_the_step_overwrites_are_not_stored():
     assert temps[True, True, False] < temps[None]
     with pytest.raises(ValueError, match="keep"):
         run(1.3, (False, False, False))
+
+
+@pytest.mark.parametrize("t_eval", [0.31, 1.9])
+def test_dense_output_time_derivative_in_the_first_step(t_eval):
+    """``sol.evaluate(t)`` for ``t`` in the first step depends on ``t0`` through that step's
+    start node: the checkpoint gradient matches forward mode there too."""
+
+    def g(t0, adjoint):
+        sol = odejax.solve(
+            lambda z, t, a: -z + t,
+            jnp.array([1.0]),
+            t0,
+            2.0,
+            adjoint=adjoint,
+            dense=True,
+            rtol=1e-3,
+            atol=1e-6,
+            max_steps=16,
+        )
+        return sol.evaluate(t_eval)[0]
+
+    forward = jax.jvp(lambda t: g(t, "forward"), (0.3,), (1.0,))[1]
+    for adjoint in ("checkpoint", AD):
+        np.testing.assert_allclose(jax.grad(g)(0.3, adjoint), forward, rtol=1e-10)
+
+
+def test_t_final_derivatives_when_no_step_is_taken():
+    """With t1 == t0, ``t_final`` is t1: d/dt1 = 1, d/dt0 = 0, as for every other t1."""
+
+    def t_final(t0, t1, adjoint):
+        return odejax.solve(
+            forced, jnp.array([1.0, -0.5]), t0, t1, args=(0.7, 2.0), adjoint=adjoint
+        ).t_final
+
+    for adjoint in ("backsolve", "checkpoint", AD):
+        grads = jax.grad(t_final, argnums=(0, 1))(0.3, 0.3, adjoint)
+        np.testing.assert_allclose(grads, (0.0, 1.0), err_msg=str(adjoint))

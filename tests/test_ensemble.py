@@ -209,6 +209,15 @@ reff = jax.vmap(lambda z, a: odejax.solve(vdp, z, 0.0, 4.0, args=a, ts=TS, max_s
                                           throw=False))(zf, mf)
 r["status"] = np.asarray(solf.status).tolist()
 r["status_equal"] = bool(np.array_equal(solf.status, reff.status))
+
+# throw=True with one member failing on one device, the batch padded (5 on 4 devices): every
+# device raises the same error (none is left waiting at a collective)
+kf = jnp.ones(5).at[2].set(1e9)
+try:
+    ensemble(lambda z, t, a: -a * z, jnp.ones((5, 2)), TS, kf, max_steps=20).block_until_ready()
+    r["raised"] = "no error"
+except Exception as e:
+    r["raised"] = str(e)
 print(json.dumps(r))
 """
 
@@ -287,6 +296,7 @@ def test_four_devices_match_vmap():
     assert r["mesh2_exact"]
     assert "'batch'" in r["bad_axis"] and "axis_name" in r["bad_axis"]
     assert r["status_equal"] and 0 < sum(s != 0 for s in r["status"]) < 8
+    assert "MAX_STEPS_REACHED" in r["raised"] and "1 of 5 batch members" in r["raised"], r
 
 
 def test_four_devices_gradients_match_vmap():

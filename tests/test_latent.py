@@ -143,3 +143,18 @@ def test_batched_loss_matches_per_series_and_rnn_encoder():
     assert np.mean(losses[-5:]) < 0.5 * np.mean(losses[:3]), losses
     with pytest.raises(ValueError, match="encoder must be"):
         small_model(encoder="lstm")
+
+
+def test_padding_to_a_union_of_times_leaves_the_encodings_unchanged():
+    """Unobserved grid points (mask 0), inside or after the observations, change neither
+    encoder's posterior: the ODE-RNN's hidden state starts at the last observation."""
+    ts, ys = TS[:6], YS[0, :6]
+    t_pad = jnp.concatenate([ts[:3], (ts[2:3] + ts[3:4]) / 2, ts[3:], ts[-1:] + 0.3])
+    y_pad = jnp.concatenate([ys[:3], jnp.full((1, D), jnp.nan), ys[3:], jnp.zeros((1, D))])
+    m_pad = jnp.concatenate([jnp.ones(3), jnp.zeros(1), jnp.ones(3), jnp.zeros(1)])
+    for encoder in ("odernn", "rnn"):
+        model = small_model(encoder=encoder, encoder_rtol=1e-10, encoder_atol=1e-10)
+        mean, log_std = model.encode(ts, ys)
+        mean_pad, log_std_pad = model.encode(t_pad, y_pad, m_pad)
+        np.testing.assert_allclose(mean_pad, mean, atol=1e-8, err_msg=encoder)
+        np.testing.assert_allclose(log_std_pad, log_std, atol=1e-8, err_msg=encoder)

@@ -220,6 +220,12 @@ def test_regularisers_are_positive_backwards_in_time():
     reg_back, reg_fwd = back(jnp.ones(2))[1], fwd(jnp.ones(2))[1]
     assert float(reg_back) > 0
     np.testing.assert_allclose(reg_back, reg_fwd, rtol=1e-6)
+    # The same backward solve asked for through save times overriding t1 (0 -> -1).
+    model = RegularisedNeuralODE(Decay(jnp.asarray(1.0)), t0=0.0, t1=1.0, **kw)
+    via_ts = model(jnp.ones(2), ts=jnp.array([-0.5, -1.0]))[1]
+    static = RegularisedNeuralODE(Decay(jnp.asarray(1.0)), t0=0.0, t1=-1.0, **kw)(jnp.ones(2))[1]
+    assert float(via_ts) > 0
+    np.testing.assert_allclose(via_ts, static, rtol=1e-6)
 
 
 @pytest.mark.parametrize("noise", ["gaussian", "rademacher"])

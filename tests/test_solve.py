@@ -828,3 +828,64 @@ def test_empty_state_succeeds():
 def test_fixed_step_lands_on_t1_near_zero_without_a_sliver_step(t0, t1, dt0):
     sol = odejax.solve(linear, Z0, t0, t1, args=A, solver="rk4", dt0=dt0)
     assert int(sol.stats["num_steps"]) == round(abs(t1 - t0) / dt0)
+
+
+def test_progress_under_vmap_is_one_bar_updated_every_few_hundred_steps(monkeypatch):
+    """A vmapped solve shares one bar, fed by one host call per update (not per member)."""
+    import odejax._progress as progress
+
+    calls = {"open": 0, "update": 0}
+    real_open, real_update = progress._open, progress._update
+
+    def count(name, real):
+        def wrapped(*args):
+            calls[name] += 1
+            return real(*args)
+
+        return wrapped
+
+    monkeypatch.setattr(progress, "_open", count("open", real_open))
+    monkeypatch.setattr(progress, "_update", count("update", real_update))
+
+    def solve(a, t1):
+        sol = odejax.solve(
+            linear_decay, jnp.ones(2), 0.0, t1, args=a, progress=True, rtol=1e-12, atol=1e-12
+        )
+        return sol.zs[-1], sol.stats["num_steps"]
+
+    zs, steps = jax.vmap(solve)(jnp.array([1.0, 2.0, 3.0]), jnp.array([1.0, 2.0, 5.0]))
+    jax.effects_barrier()
+    assert calls["open"] == 1
+    assert 1 <= calls["update"] <= int(steps.max()) // progress.PROGRESS_EVERY + 3
+    np.testing.assert_allclose(zs[:, 0], np.exp(-np.array([1.0, 4.0, 15.0])), rtol=1e-8, atol=1e-11)
+    assert not progress._BARS  # closed
+
+
+def linear_decay(z, t, a):
+    return -a * z
+
+
+def test_far_from_time_zero_steps_are_not_merged_into_the_end():
+    """Steps of a solve far from t = 0 (a Unix time, say) are only a few ulps of t long: the
+    last one still lands on t1 without swallowing the steps before it."""
+    f = lambda z, t, k: -k * (z - jnp.cos(t))  # noqa: E731
+    t0 = 1.7e9
+    sol = odejax.solve(
+        f,
+        jnp.cos(jnp.asarray(t0)),
+        t0,
+        t0 + 1.0,
+        args=2e5,
+        rtol=1e-3,
+        atol=1e-6,
+        max_steps=100_000,
+        throw=False,
+    )
+    assert sol.result == Status.SUCCESS
+
+
+@pytest.mark.parametrize("t0", [0.0, 1.0])
+def test_nan_initial_state_fails_fast(t0):
+    sol = odejax.solve(linear_decay, jnp.array([1.0, jnp.nan]), t0, t0 + 1.0, args=1.0, throw=False)
+    assert sol.result == Status.NONFINITE
+    assert int(sol.stats["num_steps"]) < 60

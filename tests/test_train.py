@@ -80,6 +80,28 @@ def test_fit_reuses_the_compiled_step():
     np.testing.assert_allclose(w, 1 - 0.8**3, rtol=1e-6)
 
 
+def test_fit_sees_the_current_value_of_arrays_the_loss_reads():
+    """A loss that reads a global array is not served a step compiled with its old value."""
+    opt = optax.sgd(0.5)
+    target = {"value": jnp.array([1.0, 1.0])}
+
+    def loss(w, b):
+        return jnp.sum((w - target["value"]) ** 2)
+
+    w1, _ = fit(jnp.zeros(2), loss, [None] * 30, optimizer=opt, progress=False)
+    target["value"] = jnp.array([5.0, -5.0])
+    w2, hist = fit(jnp.zeros(2), loss, [None] * 30, optimizer=opt, progress=False)
+    np.testing.assert_allclose(w1, [1.0, 1.0], atol=1e-5)
+    np.testing.assert_allclose(w2, [5.0, -5.0], atol=1e-4)
+    assert hist["loss"][0] == pytest.approx(50.0)
+
+
+def test_fit_draws_no_batch_past_steps():
+    it = iter([jnp.full(2, float(i)) for i in range(5)])
+    fit(jnp.zeros(2), quadratic, it, optimizer=optax.sgd(0.1), steps=2, progress=False)
+    assert [float(b[0]) for b in it] == [2.0, 3.0, 4.0]
+
+
 def test_fit_cubic_spiral_loss_falls_tenfold():
     ts = jnp.linspace(0.0, 25.0, 1000)
     true_zs = datasets.cubic_spiral(ts)

@@ -154,6 +154,14 @@ def _check_batch(ts, ys, mask, owner: str, data_size: int, dtype):
             f"{owner}: ts of shape {ts.shape} gives one time grid per series but ys holds"
             f" {ys.shape[0]} series; pass ts of shape (T,) (shared) or ({ys.shape[0]}, T)."
         )
+    if mask is not None:
+        mask = jnp.asarray(mask)
+        want = ((ys.shape[0], ys.shape[1]), ys.shape)
+        if mask.shape not in want:
+            raise ValueError(
+                f"{owner}: the mask of a batch must have shape {want[0]} or {want[1]} (one row"
+                f" per series, like ys of shape {ys.shape}), got {mask.shape}."
+            )
     ts_axis = 0 if ts.ndim == 2 else None
     m_axis = None if mask is None else 0
 
@@ -370,7 +378,8 @@ class LatentODE(eqx.Module):
 
         h = update(jnp.zeros(self.hidden_size, dtype), ys[-1], mask[-1], observed[-1])
 
-        def step(h, x):
+        def step(carry, x):
+            h, seen = carry
             t_hi, t_lo, y, m, obs = x
             sol = solve(
                 self.encoder_field,
@@ -384,11 +393,14 @@ class LatentODE(eqx.Module):
                 max_steps=self.max_steps,
                 adjoint=self.adjoint,
             )
-            return update(sol.zs[-1], y, m, obs), sol.stats["nfe"]
+            # Until the last observation is reached (from the end) h stays at its start: unobserved
+            # trailing times (padding to a union of times) leave the encoding unchanged.
+            h = jnp.where(seen, sol.zs[-1], h)
+            return (update(h, y, m, obs), seen | obs), sol.stats["nfe"]
 
         rev = slice(None, None, -1)
         xs = (ts[1:][rev], ts[:-1][rev], ys[:-1][rev], mask[:-1][rev], observed[:-1][rev])
-        h, nfes = lax.scan(step, h, xs)
+        (h, _), nfes = lax.scan(step, (h, observed[-1]), xs)
         nfe = jnp.sum(nfes)
         out = self.to_posterior(h)
         return out[: self.latent_size], out[self.latent_size :], nfe
@@ -749,4 +761,17 @@ class RNNBaseline(eqx.Module):
         owner = "RNNBaseline.predict"
         ts_obs, ys, mask = self._check(ts_obs, ys, mask, ("ts_obs", "ys", "mask"), owner)
         ts_out = check_increasing(ts_out, "ts_out", owner).astype(ys.dtype)
+        try:
+            early = bool(np.asarray(ts_out)[0] <= np.asarray(ts_obs)[-1])
+        except (jax.errors.TracerArrayConversionError, jax.errors.ConcretizationTypeError):
+            early = False
+        if early:
+            raise ValueError(
+                f"{owner}: ts_out must start after ts_obs[-1] (the rollout extrapolates), got"
+                f" ts_out[0] = {float(ts_out[0]):.6g} <= ts_obs[-1] = {float(ts_obs[-1]):.6g}."
+            )
+        if isinstance(ts_out, jax.core.Tracer) or isinstance(ts_obs, jax.core.Tracer):
+            ts_out = eqx.error_if(
+                ts_out, ts_out[0] <= ts_obs[-1], f"{owner}: ts_out must start after ts_obs[-1]."
+            )
         return _jit_call(RNNBaseline._predict, self, ts_obs, ys, mask, ts_out)

@@ -176,7 +176,9 @@ class RegularisedNeuralODE(eqx.Module):
         state0 = (z0, jnp.zeros((2,), jnp.result_type(dtype)))
         aug = _RegularisedField(self.node.field, self.jacobian > 0, self.estimate)
         node = eqx.tree_at(lambda n: n.field, self.node, aug)
-        sign = jnp.where(jnp.asarray(self.node.t1) >= jnp.asarray(self.node.t0), 1, -1)
+        # The solve ends at t1, or at the last of the save times that override the model's.
+        t_end = self.node.t1 if ts is None else jnp.asarray(ts)[-1]
+        sign = jnp.where(jnp.asarray(t_end) >= jnp.asarray(self.node.t0), 1, -1)
         return node.solve(state0, (args, self._noise(z0, key), sign.astype(dtype)), ts=ts)
 
     def __call__(
