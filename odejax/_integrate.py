@@ -378,7 +378,8 @@ def integrate(f, z0, t0, t1, ts, args, opts: Options, static: Static, event=None
     # counts its steps from it). The loop bodies read these times from one vector: one operand
     # of the loop, computed by one kernel before it, not one per value (see odejax._pack).
     t_big = jnp.maximum(jnp.abs(t0), jnp.abs(t1))
-    in_loop = jnp.stack([t0, t1, direction, t_big])
+    # (The resolution eps * t_big rides along: computed here, not by a kernel of its own.)
+    in_loop = jnp.stack([t0, t1, direction, t_big, jnp.finfo(tdtype).eps * t_big])
 
     def times():
         """``(t0, t1, direction, t_big)`` inside a loop body."""
@@ -396,7 +397,7 @@ def integrate(f, z0, t0, t1, ts, args, opts: Options, static: Static, event=None
 
     def attempt(st: _LoopState) -> tuple[_LoopState, tuple]:
         """One attempted step; also the dense output's writes (``(index, value)`` pairs)."""
-        t0, t1, direction, t_big = times()
+        t0, t1, direction, _ = times()
         t, z = st.t, st.z
         if solver.adaptive:
             t_try = t + st.dt
@@ -443,7 +444,7 @@ def integrate(f, z0, t0, t1, ts, args, opts: Options, static: Static, event=None
         # A non-finite candidate (nan in the state, or f blowing up) stops shrinking at the
         # resolution of the largest time in play: near t = 0 the test above would wait for
         # denormal steps, hundreds of rejections.
-        underflow = underflow | (~finite & (jnp.abs(dt_new) <= jnp.finfo(tdtype).eps * t_big))
+        underflow = underflow | (~finite & (jnp.abs(dt_new) <= in_loop[4]))
         if static.has_dtmin:
             underflow = underflow | (jnp.abs(dt_new) < dtmin)
         if not solver.adaptive:
