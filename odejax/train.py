@@ -163,13 +163,8 @@ def fit(
     step_fn = None
     bar = tqdm(total=steps, disable=not progress, desc="fit", dynamic_ncols=True)
     try:
-        for i in itertools.count():
-            if steps is not None and i >= steps:  # checked first: no batch drawn past the end
-                break
-            try:
-                batch, k = next(source)
-            except StopIteration:
-                break
+        # islice stops before drawing a batch past the last step.
+        for i, (batch, k) in enumerate(itertools.islice(source, steps)):
             if step_fn is None:
                 traced, out, _ = eqx.filter_make_jaxpr(call_loss)(model, batch, k)
                 has_aux = isinstance(out, tuple)

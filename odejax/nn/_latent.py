@@ -87,9 +87,8 @@ def check_increasing(ts: Any, name: str, owner: str, *, min_len: int = 1) -> Arr
         f"{owner}: {name} must be strictly increasing (put every sample on the sorted union of"
         " their observation times and mark the unobserved entries with `mask`)"
     )
-    try:
-        concrete = np.asarray(ts)
-    except (jax.errors.TracerArrayConversionError, jax.errors.ConcretizationTypeError):
+    concrete = _concrete(ts)
+    if concrete is None:
         return eqx.error_if(ts, jnp.any(jnp.diff(ts) <= 0) | jnp.any(jnp.isnan(ts)), msg + ".")
     bad = np.flatnonzero(~(np.diff(concrete) > 0))
     if bad.size:
@@ -99,6 +98,14 @@ def check_increasing(ts: Any, name: str, owner: str, *, min_len: int = 1) -> Arr
             f" {concrete[i + 1]:.6g}."
         )
     return ts
+
+
+def _concrete(x) -> np.ndarray | None:
+    """``x`` as a NumPy array when its value is known at trace time; ``None`` when traced."""
+    try:
+        return np.asarray(x)
+    except (jax.errors.TracerArrayConversionError, jax.errors.ConcretizationTypeError):
+        return None
 
 
 def _check_series(ts, ys, mask, owner: str, data_size: int, dtype, names=("ts", "ys", "mask")):
@@ -595,14 +602,12 @@ class LatentODE(eqx.Module):
         owner = "LatentODE.predict"
         ts_obs, ys, mask = self._check(ts_obs, ys, mask, ("ts_obs", "ys", "mask"), owner)
         ts_out = check_increasing(ts_out, "ts_out", owner).astype(ts_obs.dtype)
-        try:
-            early = bool(np.asarray(ts_out)[0] < np.asarray(ts_obs)[0])
-        except (jax.errors.TracerArrayConversionError, jax.errors.ConcretizationTypeError):
-            early = False  # traced: the solve's own run-time check of its save times applies
-        if early:
+        out, obs = _concrete(ts_out), _concrete(ts_obs)
+        # Traced: the solve's own run-time check of its save times applies.
+        if out is not None and obs is not None and out[0] < obs[0]:
             raise ValueError(
                 f"{owner}: ts_out must start at or after ts_obs[0] (z0 lives there), got"
-                f" ts_out[0] = {float(ts_out[0]):.6g} < ts_obs[0] = {float(ts_obs[0]):.6g}."
+                f" ts_out[0] = {out[0]:.6g} < ts_obs[0] = {obs[0]:.6g}."
             )
         return _jit_call(LatentODE._predict, self, ts_obs, ys, mask, ts_out, key)
 
@@ -761,17 +766,14 @@ class RNNBaseline(eqx.Module):
         owner = "RNNBaseline.predict"
         ts_obs, ys, mask = self._check(ts_obs, ys, mask, ("ts_obs", "ys", "mask"), owner)
         ts_out = check_increasing(ts_out, "ts_out", owner).astype(ys.dtype)
-        try:
-            early = bool(np.asarray(ts_out)[0] <= np.asarray(ts_obs)[-1])
-        except (jax.errors.TracerArrayConversionError, jax.errors.ConcretizationTypeError):
-            early = False
-        if early:
-            raise ValueError(
-                f"{owner}: ts_out must start after ts_obs[-1] (the rollout extrapolates), got"
-                f" ts_out[0] = {float(ts_out[0]):.6g} <= ts_obs[-1] = {float(ts_obs[-1]):.6g}."
-            )
-        if isinstance(ts_out, jax.core.Tracer) or isinstance(ts_obs, jax.core.Tracer):
+        out, obs = _concrete(ts_out), _concrete(ts_obs)
+        if out is None or obs is None:
             ts_out = eqx.error_if(
                 ts_out, ts_out[0] <= ts_obs[-1], f"{owner}: ts_out must start after ts_obs[-1]."
+            )
+        elif out[0] <= obs[-1]:
+            raise ValueError(
+                f"{owner}: ts_out must start after ts_obs[-1] (the rollout extrapolates), got"
+                f" ts_out[0] = {out[0]:.6g} <= ts_obs[-1] = {obs[-1]:.6g}."
             )
         return _jit_call(RNNBaseline._predict, self, ts_obs, ys, mask, ts_out)
