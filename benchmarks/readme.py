@@ -3,8 +3,9 @@
 The README's numbers are never typed by hand: the blocks between ``<!-- BEGIN name -->`` and
 ``<!-- END name -->`` are replaced, ``targets`` by the run's targets table and ``run`` by the
 whole report (``results.md``, headings moved two levels down, links made relative to the
-README), and ``notebooks`` by the lines of the executed notebooks' saved outputs that state a
-target. Everything outside the markers is left alone.
+README), ``notebooks`` by the lines of the executed notebooks' saved outputs that state a
+target, and ``gpu`` by the header and tables of the GPU runs kept in ``results/gpu*/``.
+Everything outside the markers is left alone.
 """
 
 from __future__ import annotations
@@ -65,6 +66,27 @@ def notebook_targets(folder: Path) -> str:
     return "\n".join(items) or "(no executed notebook states a target)"
 
 
+def gpu_tables(results: Path) -> str:
+    """Header lines and tables (no legends) of every run kept in ``results/gpu*/``."""
+    parts = []
+    for folder in sorted(results.glob("gpu*/")):
+        path = folder / "results.md"
+        if not path.is_file():
+            continue
+        report = path.read_text()
+        header, _, rest = report.partition("\n## ")
+        keep = ("- Command:", "- Machine:", "- Versions:", "- Device:", "- Note")
+        lines = [f"#### `{os.path.relpath(folder, HERE)}/`", ""]
+        lines += [line for line in header.splitlines() if line.startswith(keep)]
+        for section in ("## " + rest).split("\n## ")[0:]:
+            title, _, body = section.removeprefix("## ").partition("\n")
+            table = [line for line in body.splitlines() if line.startswith("|")]
+            if table:
+                lines += ["", f"{title}:", "", *table]
+        parts.append("\n".join(lines))
+    return "\n\n".join(parts) or "(no GPU run kept)"
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.readme", description=__doc__)
     parser.add_argument("--results", type=Path, default=HERE / "results", help="run's folder")
@@ -81,6 +103,7 @@ def main(argv: list[str] | None = None) -> None:
     text = _block(text, "targets", header + "\n\n" + targets)
     text = _block(text, "run", body)
     text = _block(text, "notebooks", notebook_targets(HERE.parent / "notebooks"))
+    text = _block(text, "gpu", gpu_tables(args.results))
     args.readme.write_text(text)
     print(f"updated {args.readme} from {args.results / 'results.md'}")
 

@@ -90,6 +90,8 @@ def environment(command: str, mode: str, settings: Settings) -> dict:
         "load_average": [round(x, 2) for x in os.getloadavg()],
         "platform": platform.platform(),
         "backend": jax.default_backend(),
+        "device": jax.devices()[0].device_kind,
+        "matmul_precision": jax.config.jax_default_matmul_precision,
         "x64": bool(jax.config.jax_enable_x64),
         "python": platform.python_version(),
         "versions": versions,
@@ -350,6 +352,12 @@ def markdown(env: dict, adapters: list[Adapter], run: Run, verdicts, workloads) 
         f"- torch: {env['torch_threads']} intra-op threads (`torch.set_num_threads`), CPU",
         "- XLA_FLAGS: "
         + (f"`{env['xla_flags']}`" if env.get("xla_flags") else "not set (XLA's defaults)"),
+        f"- Device: {env.get('device', '?')}; float32 matrix products at JAX's "
+        + (
+            f"`{env['matmul_precision']}` precision"
+            if env.get("matmul_precision")
+            else "default precision (TF32 on recent NVIDIA GPUs, full float32 on the CPU)"
+        ),
         "- Forward solves: rtol 1e-6, atol 1e-9, float64, every JAX solve under `jax.jit`",
     ]
     lines += [f"  - {a.name}: {a.settings}" for a in adapters]

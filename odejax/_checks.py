@@ -42,6 +42,10 @@ class OdeSolveError(RuntimeError):
     this error's text), at the call or when the result is first used (dispatch is
     asynchronous). Catch ``(odejax.OdeSolveError, jax.errors.JaxRuntimeError)``, or pass
     ``throw=False`` and test ``sol.succeeded`` / ``sol.result`` instead.
+
+    On a GPU, JAX also keeps the error with the device's latest program that has host callbacks,
+    and prints it once more when Python exits ("Exception ignored in atexit callback") unless a
+    later such program (any solve with ``throw=True``) ran first. That message changes nothing.
     """
 
 

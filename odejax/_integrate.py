@@ -468,7 +468,7 @@ def integrate(f, z0, t0, t1, ts, args, opts: Options, static: Static, event=None
             g1 = gvec(step.z1, t_next)
             trig = _events.crossings(g_prev, g1, dirs) & accept
             fired = jnp.any(trig)
-            too_many = fired & (num_ev >= event.max_events) & ~event.stops
+            too_many = fired & (num_ev >= event.max_events) & (not event.stops)
             truncate = event.stops | event.jumps
 
             def with_event(_):
