@@ -22,7 +22,7 @@ from .adapters import Adapter
 from .problems import VAN_DER_POL, Case, Problem, reference
 from .records import PrecisionResult
 from .timing import Settings, steady_times
-from .workloads import SOLVERS, _compiled, count_nfe
+from .workloads import _compiled, count_nfe
 
 __all__ = ["MAX_STEPS", "measure_precision", "plot_precision", "precision_setup"]
 
@@ -49,7 +49,7 @@ def measure_precision(
             log(f"  precision {problem.name} rtol {rtol:.0e}")
             cases: dict[str, tuple[Adapter, Case]] = {}
             for adapter in adapters:
-                for solver in SOLVERS:
+                for solver in settings.solvers:
                     case = Case(problem, solver, rtol, 1e-3 * rtol, MAX_STEPS)
                     if adapter.supports(case) is None:
                         cases[f"{adapter.name}/{solver}"] = (adapter, case)

@@ -97,6 +97,8 @@ def main(argv: list[str] | None = None) -> None:
         start = time.perf_counter()
         cases = QUICK_CASES if args.quick else CASES
         for case in cases.get(workload, CASES.get(workload, ())):
+            if case.solver not in settings.solvers:
+                continue
             log(f"{workload}/{case.solver} ...")
             run.results += measure_case(workload, case, adapters, settings, log)
         if workload != "overhead" and workload not in CASES:

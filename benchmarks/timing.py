@@ -46,6 +46,10 @@ class Settings:
             tolerances takes seconds per call).
         precision_rounds: steady samples per point of the work-precision diagrams.
         ensemble_repeats: timed calls per implementation in the ``ensemble`` workload.
+        min_rounds: the fewest steady samples a slow call gets (see ``max_name_s``).
+        solvers: the explicit methods of the forward, overhead and precision workloads.
+        overhead_saves: the ``overhead`` workload's save patterns: ``"101"`` (the ``vdp`` save
+            times) and ``"t1"`` (the final state only, for comparison).
     """
 
     first_call_repeats: int
@@ -57,6 +61,9 @@ class Settings:
     max_name_s: float
     precision_rounds: int
     ensemble_repeats: int
+    min_rounds: int
+    solvers: tuple[str, ...]
+    overhead_saves: tuple[str, ...]
 
 
 QUICK = Settings(
@@ -69,6 +76,9 @@ QUICK = Settings(
     max_name_s=3.0,
     precision_rounds=3,
     ensemble_repeats=5,
+    min_rounds=2,
+    solvers=("dopri5",),  # the method every peer offers
+    overhead_saves=("101",),
 )
 FULL = Settings(
     first_call_repeats=5,
@@ -80,6 +90,9 @@ FULL = Settings(
     max_name_s=15.0,
     precision_rounds=3,
     ensemble_repeats=10,
+    min_rounds=3,
+    solvers=("tsit5", "dopri5"),
+    overhead_saves=("101", "t1"),
 )
 
 
@@ -157,31 +170,35 @@ def fresh_calls(
 
 
 def steady_times(calls: dict[str, Callable[[], Any]], settings: Settings) -> dict[str, Timing]:
-    """Median time per call of already-compiled functions.
+    """Median time per call of functions already compiled and called once (the warm-up).
 
-    Each function is warmed up, then called in a loop long enough to last
-    ``settings.min_sample_s`` (the count is fixed per function from the warm-up), blocking on its
+    Each function is timed once more, then called in a loop long enough to last
+    ``settings.min_sample_s`` (the count is fixed per function from that call), blocking on its
     result every call; ``settings.rounds`` such samples are taken round-robin, with the garbage
     collector off. A name whose samples would together take longer than ``settings.max_name_s``
-    is sampled in the first rounds only (at least 3), so one very slow call cannot take over the
-    run; its samples are still interleaved with the others'.
+    is sampled in the first rounds only (at least ``settings.min_rounds``), so one very slow call
+    cannot take over the run; its samples are still interleaved with the others', except that
+    such a call keeps the timed call that sized its loop as its first sample.
     """
     number, rounds = {}, {}
+    samples: dict[str, list[float]] = {name: [] for name in calls}
     for name, call in calls.items():
-        _run(call)
         start = time.perf_counter()
         _run(call)
         once = max(time.perf_counter() - start, 1e-7)
         number[name] = max(1, math.ceil(settings.min_sample_s / once))
         per_sample = number[name] * once
-        rounds[name] = min(settings.rounds, max(3, int(settings.max_name_s / per_sample)))
-    samples: dict[str, list[float]] = {name: [] for name in calls}
+        rounds[name] = min(
+            settings.rounds, max(settings.min_rounds, int(settings.max_name_s / per_sample))
+        )
+        if number[name] == 1 and rounds[name] == settings.min_rounds:
+            samples[name].append(once)
     gc_was_enabled = gc.isenabled()
     gc.disable()
     try:
-        for i in range(settings.rounds):
+        for _ in range(settings.rounds):
             for name, call in calls.items():
-                if i >= rounds[name]:
+                if len(samples[name]) >= rounds[name]:
                     continue
                 start = time.perf_counter()
                 for _ in range(number[name]):

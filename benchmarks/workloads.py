@@ -45,8 +45,9 @@ CASES: dict[str, tuple[Case, ...]] = {
     "vmap": tuple(Case(VAN_DER_POL_BATCH, s) for s in SOLVERS),
     "detest": tuple(Case(p, "dopri5") for p in DETEST),  # the method every peer offers
 }
-QUICK_CASES: dict[str, tuple[Case, ...]] = {  # --quick: two DETEST problems
-    "detest": tuple(Case(p, "dopri5") for p in DETEST if p.name in ("B5", "D4")),
+QUICK_CASES: dict[str, tuple[Case, ...]] = {  # --quick: one DETEST problem (and only the
+    # methods of ``QUICK.solvers`` in every workload)
+    "detest": tuple(Case(p, "dopri5") for p in DETEST if p.name == "D4"),
 }
 WORKLOADS = (
     *CASES,
@@ -161,11 +162,12 @@ def measure_overhead(adapters: list[Adapter], settings: Settings, log) -> list[O
     """Per-evaluation time on ``vdp`` of each JAX solver (each method it offers) and of RK4,
     saving at the 101 times of ``vdp`` and, for comparison, at t1 only."""
     adapters = [a for a in adapters if not a.host]
+    problems = {"101": VAN_DER_POL, "t1": VAN_DER_POL_T1}
     cases = {
-        f"{a.name}/{s}/{saves}": (a, Case(problem, s))
-        for saves, problem in (("101", VAN_DER_POL), ("t1", VAN_DER_POL_T1))
+        f"{a.name}/{s}/{saves}": (a, Case(problems[saves], s))
+        for saves in settings.overhead_saves
         for a in adapters
-        for s in SOLVERS
+        for s in settings.solvers
         if s in a.solvers
     }
     calls: dict[str, Callable] = {}
@@ -178,6 +180,7 @@ def measure_overhead(adapters: list[Adapter], settings: Settings, log) -> list[O
     rk4_steps = {key: max(1, round(n / 4)) for key, n in nfe.items()}
     for key in cases:
         calls[f"rk4/{key}"] = build_rk4(VAN_DER_POL, rk4_steps[key])
+        jax.block_until_ready(calls[f"rk4/{key}"]())  # compile and warm up, as the solvers were
     steady = steady_times(calls, settings)
     return [
         OverheadResult(
