@@ -20,12 +20,14 @@ from jax.custom_batching import custom_vmap
 from ._solution import Status
 
 __all__ = [
+    "STEP_RULES",
     "OdeSolveError",
     "any_failed",
     "check_nonnegative",
     "check_save_times",
     "check_tolerances",
     "check_vector_field",
+    "event_as_success",
     "raise_if_failed",
     "report_failure",
     "save_times_code",
@@ -47,6 +49,17 @@ class OdeSolveError(RuntimeError):
     and prints it once more when Python exits ("Exception ignored in atexit callback") unless a
     later such program (any solve with ``throw=True``) ran first. That message changes nothing.
     """
+
+
+# What a step-size option must be: (test of its value, the rule in words). The tests take a
+# Python float (checked at trace time, in odejax.solve) or a traced array (checked at run time,
+# in odejax._integrate.integrate). ``dtmax = inf`` is no bound at all; a signed ``dt0`` is fine
+# (its sign is taken from t1 - t0); nan fails every rule.
+STEP_RULES = {
+    "dt0": (lambda x: (abs(x) > 0) & (abs(x) < np.inf), "non-zero and finite"),
+    "dtmin": (lambda x: (x >= 0) & (x < np.inf), "non-negative and finite"),
+    "dtmax": (lambda x: x > 0, "positive (inf for no bound)"),
+}
 
 
 def state_dtype(z0) -> jnp.dtype:
@@ -207,6 +220,12 @@ def report_failure(status, t_final, t1, ts_code, max_steps, backward, has_dtmin)
         f" t1={t_end:.10g}{extra}: {advice}. Pass throw=False to get the partial solution and"
         " its status instead."
     )
+
+
+def event_as_success(status, xp=jnp):
+    """``status`` with a terminal event counted as a success (as every failure check counts
+    it); ``xp`` is ``jax.numpy`` or ``numpy``."""
+    return xp.where(status == Status.EVENT, Status.SUCCESS, status).astype(status.dtype)
 
 
 @custom_vmap

@@ -29,7 +29,6 @@ import numpy as np
 from jax.sharding import Mesh, PartitionSpec
 
 from . import _checks
-from ._solution import Status
 from ._solve import DEFAULT_MAX_STEPS, solve
 
 __all__ = ["ensemble"]
@@ -302,8 +301,7 @@ def _run(f, z_leaves, ts, batched, shared, solve_opts, plan: _Plan):
 def _raise_if_any_failed(out, status, t_final, t1, solve_opts, batch):
     """``out`` unchanged; raises :class:`odejax.OdeSolveError` for the first failed member
     (of the first ``batch``: the rest is padding)."""
-    # A terminal event is a success (as in solve's own check).
-    status = jnp.where(status == Status.EVENT, Status.SUCCESS, status).astype(status.dtype)
+    status = _checks.event_as_success(status)
     failed = _checks.any_failed(status, jnp.zeros((), bool))  # unbatched, even under vmap
 
     def describe(x):

@@ -235,16 +235,14 @@ def integrate(f, z0, t0, t1, ts, args, opts: Options, static: Static, event=None
         _check_differentiable(solver, fn, t0, z_flat)
 
     if static.check_steps and not static.backward:  # a backward solve's come from its forward
-        if static.has_dt0:
-            dt0 = eqx.error_if(
-                dt0, ~(jnp.abs(dt0) < jnp.inf) | ~(dt0 != 0), "dt0 must be non-zero and finite."
-            )
-        if static.has_dtmin:
-            dtmin = eqx.error_if(
-                dtmin, ~((dtmin >= 0) & (dtmin < jnp.inf)), "dtmin must be non-negative and finite."
-            )
-        if static.has_dtmax:
-            dtmax = eqx.error_if(dtmax, ~(dtmax > 0), "dtmax must be positive (inf for no bound).")
+
+        def checked(x, name):
+            ok, rule = _checks.STEP_RULES[name]
+            return eqx.error_if(x, ~ok(x), f"{name} must be {rule}.")
+
+        dt0 = checked(dt0, "dt0") if static.has_dt0 else dt0
+        dtmin = checked(dtmin, "dtmin") if static.has_dtmin else dtmin
+        dtmax = checked(dtmax, "dtmax") if static.has_dtmax else dtmax
 
     f0 = fn(t0, z_flat)
     nfe0 = 1
@@ -624,9 +622,7 @@ def integrate(f, z0, t0, t1, ts, args, opts: Options, static: Static, event=None
             bad_ts = _checks.save_times_code(inner(checked), t0, t1) > 0
 
         def ok_status(status, xp=jnp):
-            if has_event:  # a terminal event is a success
-                return xp.where(status == Status.EVENT, Status.SUCCESS, status)
-            return status
+            return _checks.event_as_success(status, xp) if has_event else status
 
         def guard(packing, packed, zs, carry=lambda tree: tree[0]):
             st = carry(packing.unpack(packed))

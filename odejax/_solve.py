@@ -173,14 +173,6 @@ def _as_time(x, dtype, name: str) -> Array:
 
 MAX_STEPS_LIMIT = int(np.iinfo(np.int32).max)
 
-# What a step-size option must be: (test of its value, the rule in words). ``dtmax = inf`` is no
-# bound at all; a signed ``dt0`` is fine (its sign is taken from t1 - t0).
-_STEP_RULES = {
-    "dt0": (lambda x: 0 < abs(x) < np.inf, "non-zero and finite"),
-    "dtmin": (lambda x: 0 <= x < np.inf, "non-negative and finite"),
-    "dtmax": (lambda x: x > 0, "positive (inf for no bound)"),
-}
-
 
 def _known(x) -> bool:
     """Whether ``x``'s value is known at trace time (not a tracer)."""
@@ -193,7 +185,7 @@ def _step_size(x, dtype, name: str) -> Array:
     arr = _as_time(x, dtype, name)
     if arr.ndim:
         raise ValueError(f"{name} must be a scalar, got shape {arr.shape}.")
-    ok, rule = _STEP_RULES[name]
+    ok, rule = _checks.STEP_RULES[name]
     if _known(arr) and not ok(float(arr)):
         raise ValueError(f"{name} must be {rule}, got {float(arr)}.")
     return arr
