@@ -78,7 +78,7 @@ def gpu_tables(results: Path) -> str:
         keep = ("- Command:", "- Machine:", "- Versions:", "- Device:", "- Note")
         lines = [f"#### `{os.path.relpath(folder, HERE)}/`", ""]
         lines += [line for line in header.splitlines() if line.startswith(keep)]
-        for section in ("## " + rest).split("\n## ")[0:]:
+        for section in ("## " + rest).split("\n## "):
             title, _, body = section.removeprefix("## ").partition("\n")
             table = [line for line in body.splitlines() if line.startswith("|")]
             if table:

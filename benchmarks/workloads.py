@@ -159,8 +159,9 @@ def measure_case(
 
 
 def measure_overhead(adapters: list[Adapter], settings: Settings, log) -> list[OverheadResult]:
-    """Per-evaluation time on ``vdp`` of each JAX solver (each method it offers) and of RK4,
-    saving at the 101 times of ``vdp`` and, for comparison, at t1 only."""
+    """Per-evaluation time on ``vdp`` of each JAX solver (each of ``settings.solvers`` it
+    offers) and of RK4, saving at the 101 times of ``vdp`` and, for comparison, at t1 only (as
+    ``settings.overhead_saves`` asks)."""
     adapters = [a for a in adapters if not a.host]
     problems = {"101": VAN_DER_POL, "t1": VAN_DER_POL_T1}
     cases = {
