@@ -67,10 +67,15 @@ def notebook_targets(folder: Path) -> str:
 
 
 def gpu_tables(results: Path) -> str:
-    """Header lines and tables (no legends) of every run kept in ``results/gpu*/``."""
+    """Header lines and tables (no legends) of every run kept in ``results/gpu*/``: the
+    ``benchmarks.run`` reports (``results.md``) and the throughput tables (``throughput.md``)."""
     parts = []
     for folder in sorted(results.glob("gpu*/")):
         path = folder / "results.md"
+        if (folder / "throughput.md").is_file():  # python -m benchmarks.throughput
+            lines = (folder / "throughput.md").read_text().strip().splitlines()
+            lines[0] = "- " + lines[0]
+            parts.append("\n".join([f"#### `{os.path.relpath(folder, HERE)}/`", "", *lines]))
         if not path.is_file():
             continue
         report = path.read_text()
