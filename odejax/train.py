@@ -15,6 +15,7 @@ from __future__ import annotations
 import functools
 import inspect
 import itertools
+import numbers
 import time
 from collections.abc import Callable, Iterable
 from typing import Any
@@ -51,6 +52,17 @@ def _takes_key(loss_fn) -> bool:
         return True
     positional = (inspect.Parameter.POSITIONAL_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD)
     return sum(k in positional for k in kinds) >= 3
+
+
+def _needs_key(loss_fn) -> bool:
+    """Whether ``loss_fn`` requires a third positional argument (one without a default)."""
+    try:
+        params = inspect.signature(loss_fn).parameters.values()
+    except (TypeError, ValueError):
+        return False
+    positional = (inspect.Parameter.POSITIONAL_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD)
+    required = [p for p in params if p.kind in positional and p.default is p.empty]
+    return len(required) >= 3
 
 
 def _batch_source(batches, key: Array | None, steps: int | None):
@@ -131,7 +143,9 @@ def fit(
     Returns:
         ``(model, history)``; ``history`` is a dict of equal-length lists: ``"step"``, ``"loss"``,
         ``"nfe"`` (``nan`` when the loss does not report it), ``"time"`` (wall seconds of each
-        step, the first including compilation), plus any other scalar ``aux`` entries.
+        step, the first including compilation), plus any other scalar ``aux`` entries (an aux
+        entry named ``"step"``, ``"loss"`` or ``"time"`` is recorded as ``"aux_step"``,
+        ``"aux_loss"`` or ``"aux_time"``).
 
     Example:
         >>> import jax, jax.numpy as jnp, optax
@@ -147,11 +161,18 @@ def fit(
     else:  # no bar: skip tqdm.auto's notebook-widget probe (and its IProgress warning)
         from tqdm import tqdm
 
-    if steps is not None and (not isinstance(steps, int) or steps < 0):
+    if steps is not None and (not _is_int(steps) or steps < 0):
         raise ValueError(f"fit: steps must be a non-negative int, got {steps!r}.")
-    if log_every is not None and (not isinstance(log_every, int) or log_every < 1):
+    if log_every is not None and (not _is_int(log_every) or log_every < 1):
         raise ValueError(f"fit: log_every must be a positive int, got {log_every!r}.")
+    steps = None if steps is None else int(steps)
+    log_every = None if log_every is None else int(log_every)
     optimizer = optax.adam(1e-3) if optimizer is None else optimizer
+    if key is None and _needs_key(loss_fn):
+        raise ValueError(
+            "fit: loss_fn takes a third argument (a per-step key) with no default, so fit needs"
+            " key= (a jax.random key)."
+        )
     with_key = key is not None and _takes_key(loss_fn)
     source = _batch_source(batches, key, steps)
 
@@ -168,10 +189,13 @@ def fit(
             if step_fn is None:
                 traced, out, _ = eqx.filter_make_jaxpr(call_loss)(model, batch, k)
                 has_aux = isinstance(out, tuple)
-                # Arrays the loss reads from outside its arguments (a global dataset, say) are
-                # baked into the compiled step: such a step is not reused by a later call,
-                # which must see their values then.
-                step_fn = _make_step(loss_fn, with_key, optimizer, has_aux, not traced.consts)
+                # Values the loss reads from outside its arguments are baked into the compiled
+                # step: numbers (a Python float, a NumPy scalar) as literals of the traced
+                # program, arrays (a global dataset, say) as its constants. A cached step is
+                # reused only for the same program text (so the same literals) and never when
+                # the loss captures arrays: a later call must see their values then.
+                program = None if traced.consts else str(traced.jaxpr)
+                step_fn = _make_step(loss_fn, with_key, optimizer, has_aux, program)
             start = time.perf_counter()
             model, opt_state, loss, aux = step_fn(model, opt_state, batch, k)
             loss = float(loss)  # waits for the step
@@ -183,6 +207,8 @@ def fit(
             history["nfe"].append(nfe)
             history["time"].append(elapsed)
             for name, v in logged.items():
+                if name in _COLUMNS:  # the loop's own column: keep both
+                    name = f"aux_{name}"
                 history.setdefault(name, [float("nan")] * i).append(v)
             bar.update(1)
             if log_every is None or i % log_every == 0 or (steps is not None and i == steps - 1):
@@ -199,24 +225,32 @@ def fit(
     return model, history
 
 
+_COLUMNS = ("step", "loss", "time")  # history columns fit writes itself ("nfe" comes from aux)
+
+
+def _is_int(x) -> bool:
+    return isinstance(x, numbers.Integral) and not isinstance(x, bool)
+
+
 def _call_loss(loss_fn, with_key: bool, m, batch, k):
     return loss_fn(m, batch, k) if with_key else loss_fn(m, batch)
 
 
-def _make_step(loss_fn, with_key: bool, optimizer, has_aux: bool, reuse: bool = True):
-    """The jitted training step, cached when ``reuse``: repeated ``fit`` calls with the same
-    ``loss_fn`` and ``optimizer`` objects (e.g. one model per setting in a loop) reuse its
-    compilation. Not when the loss captures arrays (``reuse=False``): a cached step would keep
+def _make_step(loss_fn, with_key: bool, optimizer, has_aux: bool, program: str | None):
+    """The jitted training step, cached on ``program`` (the text of the loss's traced program):
+    repeated ``fit`` calls with the same ``loss_fn`` and ``optimizer`` objects (e.g. one model
+    per setting in a loop) reuse its compilation while the loss traces to the same program.
+    ``program=None`` (the loss captures arrays) builds a fresh step: a cached one would keep
     their values from its first call."""
-    if reuse:
+    if program is not None:
         try:
-            return _cached_step(loss_fn, with_key, optimizer, has_aux)
+            return _cached_step(loss_fn, with_key, optimizer, has_aux, program)
         except TypeError:  # an unhashable loss_fn or optimizer: build a fresh step
             pass
     return _build_step(loss_fn, with_key, optimizer, has_aux)
 
 
-def _build_step(loss_fn, with_key: bool, optimizer, has_aux: bool):
+def _build_step(loss_fn, with_key: bool, optimizer, has_aux: bool, program: str | None = None):
     def loss_aux(m, batch, k):
         out = _call_loss(loss_fn, with_key, m, batch, k)
         return out if has_aux else (out, None)
@@ -253,5 +287,36 @@ def load(path, like: Any) -> Any:
 
     Returns:
         ``like`` with its leaves replaced by the saved ones.
+
+    Raises:
+        ValueError: the file holds more or fewer leaves than ``like`` (a model of another
+            structure); a leaf of another shape or dtype raises equinox's own error, which
+            names the leaf.
     """
-    return eqx.tree_deserialise_leaves(path, like)
+    with open(path, "rb") as f:
+        try:
+            model = eqx.tree_deserialise_leaves(f, like)
+        except Exception as e:
+            if not _ran_out(e):  # a leaf of another shape or dtype: equinox's message names it
+                raise
+            raise ValueError(
+                f"load: {path!s} holds fewer leaves than `like` ({len(jax.tree.leaves(like))}):"
+                " it was saved from a model of another structure."
+            ) from e
+        if f.read(1):
+            raise ValueError(
+                f"load: {path!s} holds more leaves than `like` ({len(jax.tree.leaves(like))}):"
+                " it was saved from a model of another structure."
+            )
+    return model
+
+
+def _ran_out(error: BaseException) -> bool:
+    """Whether ``error`` (or an exception it was raised from) is an ``EOFError``."""
+    seen = set()
+    while error is not None and id(error) not in seen:
+        if isinstance(error, EOFError):
+            return True
+        seen.add(id(error))
+        error = error.__cause__ or error.__context__
+    return False

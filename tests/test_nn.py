@@ -12,6 +12,7 @@ import pytest
 import odejax
 from odejax import datasets
 from odejax.nn import (
+    CNF,
     AugmentedNeuralODE,
     ConcatSquashLinear,
     MLPField,
@@ -190,6 +191,21 @@ def test_field_returning_wrong_shape_is_reported():
         ValueError, match=r"maps the state z0 of shape .*\[2\] to an output .*\[4\]"
     ):
         NeuralODE(Wrong())(jnp.ones(2))
+
+
+def test_state_of_another_dtype_than_the_parameters_is_reported():
+    """A float64 field given a float32 state (x64 on): the model and the dtype are named."""
+    field = MLPField(2, 8, 1, key=KEY, dtype=jnp.float64)
+    z32 = jnp.ones(2, jnp.float32)
+    with pytest.raises(ValueError, match=r"NeuralODE.*float32\[2\].*float64\[2\].*astype"):
+        NeuralODE(field)(z32)
+    with pytest.raises(ValueError, match=r"CNF.log_prob: x has dtype float32.*float64"):
+        CNF(field).log_prob(z32)
+    with pytest.raises(ValueError, match=r"CNF.batch_log_prob: xs has dtype float32"):
+        CNF(field).batch_log_prob(jnp.ones((3, 2), jnp.float32))
+    # The other way round promotes, as JAX does: a float32 field on a float64 state.
+    out = NeuralODE(MLPField(2, 8, 1, key=KEY, dtype=jnp.float32))(jnp.ones(2))
+    assert out.dtype == jnp.float64
 
 
 # --- regularisers (Finlay et al. 2020) -----------------------------------------------------------

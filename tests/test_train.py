@@ -96,6 +96,47 @@ def test_fit_sees_the_current_value_of_arrays_the_loss_reads():
     assert hist["loss"][0] == pytest.approx(50.0)
 
 
+@pytest.mark.parametrize("make", [float, np.float32, np.asarray], ids=["float", "f32", "0-d"])
+def test_fit_sees_the_current_value_of_numbers_the_loss_reads(make):
+    """A number read from outside the loss (a sweep's setting) becomes a literal of the traced
+    program; a cached step compiled with another value must not be reused."""
+    opt = optax.sgd(0.0)
+    setting = {}
+
+    def loss(w, b):
+        return jnp.sum((w - b) ** 2) + setting["lam"] * jnp.sum(w**2 + 1.0)
+
+    for lam in (0.0, 0.5, 1.0):
+        setting["lam"] = make(lam)
+        _, hist = fit(jnp.zeros(2), loss, [jnp.ones(2)], optimizer=opt, progress=False)
+        assert hist["loss"] == [pytest.approx(2.0 + 2.0 * lam)]
+
+
+def test_fit_keeps_aux_entries_named_like_its_columns():
+    def loss(w, b):
+        data = jnp.sum((w - b) ** 2)
+        return data + 0.1 * jnp.sum(w**2), {"loss": data, "time": jnp.asarray(7.0)}
+
+    _, hist = fit(jnp.zeros(2), loss, [jnp.ones(2)] * 3, optimizer=optax.sgd(0.1), progress=False)
+    assert set(hist) == {"step", "loss", "nfe", "time", "aux_loss", "aux_time"}
+    assert all(len(v) == 3 for v in hist.values())
+    assert hist["loss"][0] == pytest.approx(2.0) and hist["aux_loss"][0] == pytest.approx(2.0)
+    assert hist["aux_time"] == [7.0] * 3
+    assert hist["loss"][1] > hist["aux_loss"][1]  # the total, with its penalty
+
+
+def test_fit_argument_checks():
+    def keyed(w, b, key):
+        return quadratic(w, b)
+
+    with pytest.raises(ValueError, match="key="):
+        fit(jnp.zeros(2), keyed, [jnp.ones(2)], progress=False)
+    _, hist = fit(jnp.zeros(2), quadratic, [jnp.ones(2)] * 5, steps=np.int64(2), progress=False)
+    assert hist["step"] == [0, 1]
+    with pytest.raises(ValueError, match="steps"):
+        fit(jnp.zeros(2), quadratic, [jnp.ones(2)], steps=True, progress=False)
+
+
 def test_fit_draws_no_batch_past_steps():
     it = iter([jnp.full(2, float(i)) for i in range(5)])
     fit(jnp.zeros(2), quadratic, it, optimizer=optax.sgd(0.1), steps=2, progress=False)
@@ -138,8 +179,15 @@ def test_save_load_round_trip(tmp_path):
         np.testing.assert_array_equal(a, b)
     z0 = jnp.array([0.1, 0.2])
     np.testing.assert_array_equal(model(z0), loaded(z0))
-    with pytest.raises(Exception):  # noqa: B017 - a differently shaped model cannot load it
+    with pytest.raises(Exception, match="shape"):  # equinox's message names the leaf
         load(path, NeuralODE(MLPField(2, 9, 1, key=KEY)))
+    # another structure: more or fewer leaves than the file holds
+    fields = [jnp.full(3, float(i)) for i in range(4)]
+    save(tmp_path / "three.eqx", fields[:3])
+    with pytest.raises(ValueError, match="more leaves"):
+        load(tmp_path / "three.eqx", fields[:2])
+    with pytest.raises(ValueError, match="fewer leaves"):
+        load(tmp_path / "three.eqx", fields)
 
 
 # --- datasets ------------------------------------------------------------------------------------

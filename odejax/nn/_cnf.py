@@ -230,6 +230,12 @@ class CNF(eqx.Module):
             raise ValueError(
                 f"{name} must have shape ({D},) (the CNF's data_size), got shape {x.shape}."
             )
+        dtype = self._dtype()
+        if jnp.promote_types(x.dtype, dtype) != x.dtype:
+            raise ValueError(
+                f"CNF.{method}: {name} has dtype {x.dtype} but the CNF's parameters are {dtype}:"
+                f" pass {name}.astype(jnp.{dtype}), or build the field with dtype=jnp.{x.dtype}."
+            )
         return x
 
     def _noise(self, key, shape, dtype) -> Array:
@@ -337,6 +343,12 @@ class CNF(eqx.Module):
             raise ValueError(
                 f"CNF.batch_log_prob takes a batch: xs must have shape (N, {self.data_size}),"
                 f" got shape {xs.shape}."
+            )
+        if jnp.promote_types(xs.dtype, self._dtype()) != xs.dtype:
+            raise ValueError(
+                f"CNF.batch_log_prob: xs has dtype {xs.dtype} but the CNF's parameters are"
+                f" {self._dtype()}: pass xs.astype(jnp.{self._dtype()}), or build the field"
+                f" with dtype=jnp.{xs.dtype}."
             )
         eps = None
         if self.trace == "hutchinson":

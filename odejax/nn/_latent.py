@@ -40,6 +40,7 @@ forwards in time and predicts the next observation from its hidden state and the
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import equinox as eqx
@@ -291,7 +292,7 @@ class LatentODE(eqx.Module):
         for name, v in (("data_size", data_size), ("latent_size", latent_size)):
             if not isinstance(v, int) or isinstance(v, bool) or v < 1:
                 raise ValueError(f"LatentODE: {name} must be a positive int, got {v!r}.")
-        if not isinstance(hidden_size, int) or hidden_size < 1:
+        if not isinstance(hidden_size, int) or isinstance(hidden_size, bool) or hidden_size < 1:
             raise ValueError(f"LatentODE: hidden_size must be a positive int, got {hidden_size!r}.")
         if not obs_std > 0:
             raise ValueError(f"LatentODE: obs_std must be positive, got {obs_std!r}.")
@@ -469,7 +470,7 @@ class LatentODE(eqx.Module):
         """``(log_lik, kl)`` of one series from its latent path ``zs`` ``(T, L)``."""
         pred = jax.vmap(self.decoder)(zs)
         sigma = self.obs_std
-        log_n = -0.5 * ((ys - pred) / sigma) ** 2 - np.log(sigma) - 0.5 * _LOG_2PI
+        log_n = -0.5 * ((ys - pred) / sigma) ** 2 - math.log(sigma) - 0.5 * _LOG_2PI
         log_lik = jnp.sum(mask * log_n)
         kl = 0.5 * jnp.sum(mean**2 + jnp.exp(2.0 * log_std) - 1.0 - 2.0 * log_std)
         return log_lik, kl

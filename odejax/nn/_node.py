@@ -42,7 +42,8 @@ def check_field_output(owner: str, field: Any, z0: Any, t0: float, args: Any) ->
         args: passed through to the field.
 
     Raises:
-        ValueError: the field cannot be applied to ``z0`` or returns another structure/shape.
+        ValueError: the field cannot be applied to ``z0`` or returns another structure, shape
+            or dtype.
     """
     fname = type(field).__name__
     desc = jax.tree.map(lambda x: f"{jnp.result_type(x)}{list(jnp.shape(x))}", z0)
@@ -60,6 +61,17 @@ def check_field_output(owner: str, field: Any, z0: Any, t0: float, args: Any) ->
             f"{owner}: the field {fname} maps the state z0 of shape {desc} to an output of shape"
             f" {got}; a vector field must return dz/dt with the shape of z0 (check the field's"
             " in_size, or vmap the model over a batch)."
+        )
+    wider = [  # an integer z0 is left to the solver's own TypeError
+        o.dtype
+        for o, w in zip(jax.tree.leaves(out), jax.tree.leaves(z0))
+        if jnp.issubdtype(jnp.result_type(w), jnp.inexact) and o.dtype != jnp.result_type(w)
+    ]
+    if wider:
+        raise ValueError(
+            f"{owner}: the field {fname} maps the state z0 of {desc} to an output of {got}, of"
+            " another dtype (its parameters' dtype, usually). Pass z0 in that dtype"
+            f" (z0.astype(jnp.{wider[0]})), or build the field in z0's (MLPField(..., dtype=...))."
         )
 
 
