@@ -62,6 +62,9 @@ STEP_RULES = {
 }
 
 
+DTMIN_ABOVE_DTMAX = "dtmin must not exceed dtmax."
+
+
 def state_dtype(z0) -> jnp.dtype:
     """The floating dtype shared by the leaves of ``z0``; a TypeError for integer states."""
     leaves = jax.tree.leaves(z0)
@@ -215,10 +218,14 @@ def report_failure(status, t_final, t1, ts_code, max_steps, backward, has_dtmin)
             " (the state read off the forward solve) or adjoint='checkpoint' (exact gradients,"
             " sublinear memory) there"
         )
+    instead = (
+        "Pass throw=False to get nan gradients instead of this error."
+        if backward
+        else "Pass throw=False to get the partial solution and its status instead."
+    )
     raise OdeSolveError(
         f"{which} stopped with status {code.name} at t={t_reached:.10g} before reaching"
-        f" t1={t_end:.10g}{extra}: {advice}. Pass throw=False to get the partial solution and"
-        " its status instead."
+        f" t1={t_end:.10g}{extra}: {advice}. {instead}"
     )
 
 

@@ -83,8 +83,10 @@ def rms_norm(x: Array) -> Array:
     """Root-mean-square norm of a flat vector.
 
     The square root is taken of ``max(mean, tiny)`` so that its derivative stays finite at zero
-    (a zero error or state must not turn reverse-mode gradients into ``nan``).
+    (a zero error or state must not turn reverse-mode gradients into ``nan``). A half-precision
+    ``x`` is summed in float32: its squares overflow float16 above 256.
     """
+    x = x.astype(jnp.promote_types(x.dtype, jnp.float32))
     if not x.size:  # an empty state: as a zero vector
         return jnp.sqrt(jnp.asarray(jnp.finfo(x.dtype).tiny, x.dtype))
     ms = jnp.mean(x * x)
@@ -104,14 +106,15 @@ def initial_step(fn, t0, z0, f0, atol, rtol, order: int, direction) -> Array:
     Returns:
         The signed initial step.
     """
-    scale = atol + rtol * jnp.abs(z0)
+    wide = jnp.promote_types(z0.dtype, jnp.float32)  # half precision: as in rms_norm
+    scale = atol.astype(wide) + rtol.astype(wide) * jnp.abs(z0).astype(wide)
     # A component with a zero scale (atol = 0 at z0 = 0) has no size to measure a relative
     # change by: it is left out of the norms below.
     measured = scale > 0
     safe = jnp.where(measured, scale, 1)
 
     def scaled(x):
-        return jnp.where(measured, x / safe, 0)
+        return jnp.where(measured, x.astype(wide) / safe, 0)
 
     d0 = rms_norm(scaled(z0))
     d1 = rms_norm(scaled(f0))

@@ -38,13 +38,14 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from jax import Array, lax
+from jax.ad_checkpoint import checkpoint_name
 from jax.flatten_util import ravel_pytree
 
 from . import _checks, _events, _progress
 from ._checkpoint import LoopFns, run_loop, solve_loop, write_buffers
 from ._controller import PIController, initial_step, rms_norm
 from ._implicit import esdirk_step
-from ._loop import checkpointed_while
+from ._loop import SAVED, checkpointed_while
 from ._pack import Scalars, zeros_after
 from ._rosenbrock import rosenbrock_step
 from ._solution import DenseInterpolation, Solution, Status
@@ -138,6 +139,7 @@ def channel_norm(x: Array, channels: tuple[int, ...] | None) -> Array:
     """
     if channels is None:
         return rms_norm(x)
+    x = x.astype(jnp.promote_types(x.dtype, jnp.float32))  # as rms_norm: half precision overflows
     bounds = [(a, b) for a, b in zip((0, *channels[:-1]), channels) if b > a]
     if len(bounds) > 8:  # many channels (parameter leaves): one segmented reduction
         ids = np.concatenate([np.full(b - a, i) for i, (a, b) in enumerate(bounds)])
@@ -243,6 +245,16 @@ def integrate(f, z0, t0, t1, ts, args, opts: Options, static: Static, event=None
         dt0 = checked(dt0, "dt0") if static.has_dt0 else dt0
         dtmin = checked(dtmin, "dtmin") if static.has_dtmin else dtmin
         dtmax = checked(dtmax, "dtmax") if static.has_dtmax else dtmax
+        if static.has_dtmin and static.has_dtmax:
+            dtmin = eqx.error_if(dtmin, dtmin > dtmax, _checks.DTMIN_ABOVE_DTMAX)
+
+    def bounded(dt):
+        """``dt`` with its size kept within ``[dtmin, dtmax]`` (those given)."""
+        if static.has_dtmax:
+            dt = direction * jnp.minimum(jnp.abs(dt), dtmax)
+        if static.has_dtmin and solver.adaptive:
+            dt = direction * jnp.maximum(jnp.abs(dt), dtmin)
+        return dt
 
     f0 = fn(t0, z_flat)
     nfe0 = 1
@@ -251,9 +263,7 @@ def integrate(f, z0, t0, t1, ts, args, opts: Options, static: Static, event=None
     else:
         dt_init = initial_step(fn, t0, z_flat, f0, atol, rtol, solver.order, direction)
         nfe0 += 1
-    if static.has_dtmax:
-        dt_init = direction * jnp.minimum(jnp.abs(dt_init), dtmax)
-    dt_init = dt_init.astype(tdtype)
+    dt_init = bounded(dt_init).astype(tdtype)
 
     if stiff:
         weights = solver.dense_weights("start")
@@ -402,7 +412,8 @@ def integrate(f, z0, t0, t1, ts, args, opts: Options, static: Static, event=None
         elif not has_event:  # count fixed steps from t0 so rounding does not accumulate
             t_try = t0 + (st.num_accepted + 1).astype(tdtype) * st.dt
         else:  # an event may stop a step between grid points: on to the next one after t
-            k = jnp.floor((t - t0) / st.dt + 1e-6) + 1
+            x = (t - t0) / st.dt  # t on the grid, in steps; its rounding grows with it
+            k = jnp.floor(x + (1e-6 + 8 * jnp.finfo(tdtype).eps * jnp.abs(x))) + 1
             t_try = t0 + k * st.dt
         t_next = land(t_try, t)
         final_step = t_next == t1
@@ -413,13 +424,20 @@ def integrate(f, z0, t0, t1, ts, args, opts: Options, static: Static, event=None
             step = rk_step(solver, fn, t, z, dt, st.f0)
 
         if solver.adaptive:
-            scale = atol + rtol * jnp.maximum(jnp.abs(z), jnp.abs(step.z1))
+            # At least float32: a half-precision error over a tolerance overflows (or the
+            # tolerance underflows to zero) long before the step is really bad.
+            wide = jnp.promote_types(dtype, jnp.float32)
+            size = jnp.maximum(jnp.abs(z), jnp.abs(step.z1)).astype(wide)
+            scale = atol.astype(wide) + rtol.astype(wide) * size
             # A zero scale (atol = 0 where z stays 0) counts a zero error as zero, any other as
             # too large.
-            scale = jnp.where(scale > 0, scale, jnp.finfo(dtype).tiny)
-            scaled = step.err / scale
+            scale = jnp.where(scale > 0, scale, jnp.finfo(wide).tiny)
+            scaled = step.err.astype(wide) / scale
             err = channel_norm(scaled, static.norm_channels)
             log_err = jnp.log(err)
+            if static.loop == "checkpoint-ad":
+                # Kept, not recomputed, by the checkpointed loop (see odejax._loop: SAVED).
+                log_err = checkpoint_name(log_err, SAVED)
             accept = log_err <= 0  # false for nan
             finite = jnp.isfinite(log_err)
             factor = ctrl.factor(log_err, st.log_err_prev, solver.error_order)
@@ -434,8 +452,7 @@ def integrate(f, z0, t0, t1, ts, args, opts: Options, static: Static, event=None
             accept = finite
             dt_new = st.dt
             log_err_prev = st.log_err_prev
-        if static.has_dtmax:
-            dt_new = direction * jnp.minimum(jnp.abs(dt_new), dtmax)
+        dt_new = bounded(dt_new)
         # The step cannot shrink any more: it vanishes in t, or (t too coarse for it) the next
         # attempt would end where the rejected one did.
         underflow = (t + dt_new == t) | (land(t + dt_new, t) == t_next) | ~jnp.isfinite(dt_new)
@@ -443,8 +460,8 @@ def integrate(f, z0, t0, t1, ts, args, opts: Options, static: Static, event=None
         # resolution of the largest time in play: near t = 0 the test above would wait for
         # denormal steps, hundreds of rejections.
         underflow = underflow | (~finite & (jnp.abs(dt_new) <= in_loop[4]))
-        if static.has_dtmin:
-            underflow = underflow | (jnp.abs(dt_new) < dtmin)
+        if static.has_dtmin:  # a step of dtmin (or a shorter last one) failed: no shrinking
+            underflow = underflow | (jnp.abs(st.dt) <= dtmin) | (jnp.abs(dt) <= dtmin)
         if not solver.adaptive:
             underflow = ~finite
 
@@ -482,9 +499,8 @@ def integrate(f, z0, t0, t1, ts, args, opts: Options, static: Static, event=None
                     if solver.adaptive:  # a jump makes the step-size history moot: restart
                         dt_go = initial_step(
                             fn, t_ev, z_go, f_go, atol, rtol, solver.order, direction
-                        ).astype(tdtype)
-                        if static.has_dtmax:
-                            dt_go = direction * jnp.minimum(jnp.abs(dt_go), dtmax)
+                        )
+                        dt_go = bounded(dt_go).astype(tdtype)
                         lep_go = jnp.zeros_like(log_err_prev)
                 elif truncate:
                     z_go, f_go, g_go = z_ev, f0_new, g1
@@ -726,6 +742,8 @@ def integrate(f, z0, t0, t1, ts, args, opts: Options, static: Static, event=None
     else:
         stage_evals = solver.tableau.num_stages - (1 if solver.tableau.fsal else 0)
         nfe = nfe0 + stage_evals * final.num_steps
+    if has_event and event.jumps:  # after each reset: f at the new state, Hairer's extra one
+        nfe = nfe + final.event[1] * (2 if solver.adaptive else 1)
     stats = {
         "num_steps": final.num_steps,
         "num_accepted": final.num_accepted,

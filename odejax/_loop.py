@@ -27,11 +27,23 @@ from typing import TypeVar
 import jax
 from jax import lax
 
-__all__ = ["checkpointed_while"]
+__all__ = ["SAVED", "checkpointed_while"]
 
 C = TypeVar("C")
 
 LEAF = 8  # the longest chunk run as a plain scan (its residuals stored)
+
+# Values marked with ``jax.ad_checkpoint.checkpoint_name(x, SAVED)`` in ``body`` are stored by
+# every checkpointed chunk, not recomputed. An adaptive solver marks its scaled error: it is a
+# difference of nearly equal numbers, so a recomputation compiled differently (the chunk run
+# again inside a second-order program) can round it differently in its last digits, pick a
+# slightly different step size, and linearise the steps at another point than the forward
+# pass took; second derivatives then come out wrong (1e-4 relative, asymmetric Hessians).
+# Storing it costs one scalar per iteration.
+SAVED = "odejax_saved"
+
+
+_POLICY = jax.checkpoint_policies.save_only_these_names(SAVED)
 
 
 def _split(n: int) -> tuple[int, int]:
@@ -72,11 +84,11 @@ def checkpointed_while(
             return leaf(c, n)
         if chunks is None:
             chunks, size = _split(n)
-            chunk = jax.checkpoint(lambda c: run(c, size))
+            chunk = jax.checkpoint(lambda c: run(c, size), policy=_POLICY)
         else:
             chunks = max(1, min(int(chunks), n))
             size = -(-n // chunks)
-            chunk = jax.checkpoint(lambda c: leaf(c, size))
+            chunk = jax.checkpoint(lambda c: leaf(c, size), policy=_POLICY)
 
         def outer(c, _):
             return lax.cond(cond(c), chunk, lambda c: c, c), None

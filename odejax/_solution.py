@@ -41,8 +41,8 @@ _ADVICE = {
         " `rtol`/`atol`, or use a stiff solver if the problem is stiff"
     ),
     Status.DT_UNDERFLOW: (
-        "the step size fell below {what}; the problem may be stiff or singular near this time:"
-        " loosen `rtol`/`atol`, lower `dtmin`, or check the vector field"
+        "the step size had to shrink below {what}; the problem may be stiff or singular near"
+        " this time: loosen `rtol`/`atol`, lower `dtmin`, or check the vector field"
     ),
     Status.NONFINITE: (
         "the vector field returned non-finite values (nan/inf) and shrinking the step did not"
@@ -115,7 +115,9 @@ class Solution(eqx.Module):
         zs: the state at ``ts``: a pytree like ``z0`` with a leading axis of length ``T``. Rows the
             solve did not reach (after a failure with ``throw=False``) are ``nan``.
         stats: ``num_steps`` (attempted), ``num_accepted``, ``num_rejected``, ``nfe``
-            (evaluations of ``f``), as ``int32`` arrays.
+            (evaluations of ``f``), as ``int32`` arrays. With a terminal event and the default
+            ``"backsolve"`` adjoint the solve runs twice (to locate the event with gradients
+            stopped, then to it): the step counts are the first run's, ``nfe`` counts both.
         status: ``int32`` code; ``Status(int(sol.status))`` names it.
         t_final: the time the solve reached (``t1`` on success, the event time after a
             terminal event).

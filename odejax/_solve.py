@@ -141,7 +141,8 @@ def _backsolve_terminal_event(adjoint, f, z0, t0, t1, ts, args, opts, static, ev
     return Solution(
         ts=first.ts if ts is None else ts,
         zs=zs,
-        stats=first.stats,
+        # Both runs' evaluations, and the one of fz above.
+        stats={**first.stats, "nfe": first.stats["nfe"] + second.stats["nfe"] + 1},
         status=first.status,
         t_final=jnp.where(hit, t_ev, first.t_final),
         interpolation=first.interpolation,
@@ -229,8 +230,11 @@ def solve(
         rtol, atol: relative and absolute tolerances, scalars or pytrees like ``z0``.
         dt0: initial step (adaptive solvers; default: Hairer's estimate) or the step size
             (fixed-step solvers, required).
-        dtmin, dtmax: optional bounds on the step size; a step pushed below ``dtmin`` ends the
-            solve with status ``DT_UNDERFLOW``.
+        dtmin, dtmax: optional bounds on the size of the adaptive steps (``dtmin <= dtmax``):
+            the controller's steps, and the initial step, are kept within them (the last step
+            may be shorter, to land on ``t1``). A step of ``dtmin`` or less that fails the error
+            test ends the solve with status ``DT_UNDERFLOW``: it could only shrink below
+            ``dtmin``. Fixed-step solvers ignore them.
         max_steps: the most steps (accepted and rejected) the solve may take.
         controller: :class:`PIController` coefficients (default ``PIController()``).
         dense: keep every step's interpolant so ``sol.evaluate(t)`` works on the whole interval.
@@ -302,6 +306,12 @@ def solve(
             dtmin=opt(dtmin, "dtmin"),
             dtmax=opt(dtmax, "dtmax"),
         )
+    if dtmin is not None and dtmax is not None and _known(opts.dtmin) and _known(opts.dtmax):
+        if float(opts.dtmin) > float(opts.dtmax):
+            raise ValueError(
+                f"{_checks.DTMIN_ABOVE_DTMAX[:-1]}, got dtmin={float(opts.dtmin)} and"
+                f" dtmax={float(opts.dtmax)}."
+            )
     static = Static(
         solver=solver,
         controller=controller,

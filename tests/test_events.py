@@ -246,6 +246,53 @@ def test_bouncing_ball_event_times():
         np.testing.assert_allclose(float(sol.zs[-1, 1]), v_up - G * mid, atol=1e-8)
 
 
+@pytest.mark.parametrize("adjoint", ["backsolve", "checkpoint"])
+@pytest.mark.parametrize("solver, dt0", [("tsit5", None), ("rk4", 0.01)])
+@pytest.mark.parametrize("kind", ["terminal", "reset"])
+def test_nfe_counts_every_evaluation_with_events(kind, solver, dt0, adjoint):
+    """nfe equals the evaluations of f that run (a host callback counts them): the second run
+    that a terminal event makes under backsolve, and f and Hairer's probe after each reset."""
+    calls = []
+
+    def counted(z, t, args):
+        jax.debug.callback(lambda: calls.append(1))
+        return falling(z, t, args)
+
+    event = odejax.Event(height) if kind == "terminal" else bounce_event()
+    sol = odejax.solve(
+        counted,
+        jnp.array([H, 0.0]),
+        0.0,
+        2.0,
+        args=(H, G),
+        solver=solver,
+        dt0=dt0,
+        adjoint=adjoint,
+        event=event,
+    )
+    jax.block_until_ready(sol.zs)
+    jax.effects_barrier()
+    assert int(sol.num_events) == (1 if kind == "terminal" else 2)
+    assert int(sol.stats["nfe"]) == len(calls)
+
+
+def test_fixed_step_grid_after_an_event_in_float32():
+    """After an event stops a fixed step between grid points, the next step goes to the next
+    grid point: in float32 the rounding of t / dt (tens of steps) once stalled it there."""
+    sol = odejax.solve(
+        falling,
+        jnp.array([10.0, 0.0], jnp.float32),
+        0.0,
+        5.0,
+        args=(10.0, G),
+        solver="rk4",
+        dt0=0.01,
+        event=bounce_event(),
+    )
+    assert sol.result == Status.SUCCESS and int(sol.num_events) >= 1
+    np.testing.assert_allclose(float(sol.event_time), bounce_times(10.0, G, E, 2)[1], rtol=1e-4)
+
+
 def test_bouncing_ball_dense_output():
     times = bounce_times(H, G, E, 3)
     sol = odejax.solve(

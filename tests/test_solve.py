@@ -517,6 +517,46 @@ def test_dtmin_reached_gives_dt_underflow():
     assert "DT_UNDERFLOW" in str(info.value)
 
 
+@pytest.mark.parametrize("t1", [1.0, -1.0])
+def test_steps_stay_within_dtmin_and_dtmax(t1):
+    """The controller's steps, the initial one included, stay within [dtmin, dtmax] (only the
+    last may be shorter, landing on t1), forwards and backwards in time."""
+    field = lambda z, t, a: jnp.stack([z[1], -z[0]])  # noqa: E731
+    z0 = jnp.array([1.0, 0.0])
+    for rtol, dtmin, dtmax in [(1e-10, 0.05, 0.2), (1e-2, 0.01, 0.02)]:
+        sol = odejax.solve(
+            field, z0, 0.0, t1, rtol=rtol, atol=rtol, dtmin=dtmin, dtmax=dtmax, dense=True
+        )
+        n = int(sol.stats["num_accepted"])
+        h = np.abs(np.diff(np.asarray(sol.interpolation.t_nodes[: n + 1])))
+        assert np.all(h[:-1] >= dtmin * (1 - 1e-12)) and np.all(h <= dtmax * (1 + 1e-12)), h
+    # A step of dtmin that fails the error test cannot shrink: DT_UNDERFLOW at once.
+    sol = odejax.solve(field, z0, 0.0, t1, rtol=1e-10, atol=1e-10, dtmin=0.5, throw=False)
+    assert sol.result == Status.DT_UNDERFLOW
+    assert float(sol.t_final) == 0.0 and int(sol.stats["num_rejected"]) == 1
+
+
+@pytest.mark.parametrize("dtype", [jnp.float16, jnp.bfloat16])
+def test_half_precision_error_norm_does_not_overflow(dtype):
+    """The scaled error is measured in float32: in float16 its squares overflow above 256, and
+    a 1e-6 tolerance underflows, which once ended a sound solve as NONFINITE at t0."""
+    decay = lambda z, t, a: -z  # noqa: E731
+    sol = odejax.solve(decay, jnp.ones(2, dtype), 0.0, 1.0, rtol=1e-3, atol=1e-6)
+    assert sol.zs.dtype == dtype
+    np.testing.assert_allclose(np.asarray(sol.zs[-1], np.float32), np.exp(-1.0), rtol=2e-2)
+    # A tolerance below the dtype's resolution cannot be met: the step-size message, not nan.
+    sol = odejax.solve(decay, jnp.ones(2, dtype), 0.0, 1.0, rtol=1e-6, atol=1e-9, throw=False)
+    assert sol.result == Status.DT_UNDERFLOW
+
+
+def test_dtmin_above_dtmax():
+    with pytest.raises(ValueError, match="dtmin must not exceed dtmax"):
+        odejax.solve(blow_up, jnp.ones(1), 0.0, 0.5, dtmin=0.5, dtmax=0.1)
+    solve = jax.jit(lambda a, b: odejax.solve(blow_up, jnp.ones(1), 0.0, 0.5, dtmin=a, dtmax=b).zs)
+    with pytest.raises(Exception, match="dtmin must not exceed dtmax"):
+        jax.block_until_ready(solve(0.5, 0.1))
+
+
 # --------------------------------------------------------------------------------------------
 # Transformations
 # --------------------------------------------------------------------------------------------
