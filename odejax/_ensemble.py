@@ -29,7 +29,8 @@ import numpy as np
 from jax.sharding import Mesh, PartitionSpec
 
 from . import _checks
-from ._solve import DEFAULT_MAX_STEPS, solve
+from ._adjoint import CheckpointAdjoint, get_adjoint
+from ._solve import DEFAULT_MAX_STEPS, explain_jvp_error, solve
 
 __all__ = ["ensemble"]
 
@@ -138,7 +139,16 @@ def ensemble(
         jnp.moveaxis(x, ax, 0) if ax else x for x, ax in zip(arg_leaves, axes) if ax is not None
     ]
     shared = [x for x, ax in zip(arg_leaves, axes) if ax is None]
-    return _run(f, z_leaves, ts, batched, shared, solve_opts, plan)
+    adjoint = get_adjoint(solve_opts.get("adjoint"))
+    if solve_opts.get("event") is not None and isinstance(adjoint, CheckpointAdjoint):
+        if not adjoint.higher_order:  # its rule's closure conversion fails inside shard_map
+            raise NotImplementedError(
+                "ensemble with an event and adjoint='checkpoint' is not supported: use"
+                " adjoint=odejax.CheckpointAdjoint(higher_order=True) or 'backsolve', or"
+                " jax.vmap over odejax.solve."
+            )
+    with explain_jvp_error(adjoint):
+        return _run(f, z_leaves, ts, batched, shared, solve_opts, plan)
 
 
 class _Plan(eqx.Module):

@@ -386,8 +386,10 @@ def integrate(f, z0, t0, t1, ts, args, opts: Options, static: Static, event=None
     # counts its steps from it). The loop bodies read these times from one vector: one operand
     # of the loop, computed by one kernel before it, not one per value (see odejax._pack).
     t_big = jnp.maximum(jnp.abs(t0), jnp.abs(t1))
-    # (The resolution eps * t_big rides along: computed here, not by a kernel of its own.)
-    in_loop = jnp.stack([t0, t1, direction, t_big, jnp.finfo(tdtype).eps * t_big])
+    # (A floor for the shrinking of non-finite steps, eps² t_big, rides along: computed here,
+    # not by a kernel of its own.)
+    eps = float(jnp.finfo(tdtype).eps)
+    in_loop = jnp.stack([t0, t1, direction, t_big, eps * eps * t_big])
 
     def times():
         """``(t0, t1, direction, t_big)`` inside a loop body."""
@@ -457,9 +459,13 @@ def integrate(f, z0, t0, t1, ts, args, opts: Options, static: Static, event=None
         # attempt would end where the rejected one did.
         underflow = (t + dt_new == t) | (land(t + dt_new, t) == t_next) | ~jnp.isfinite(dt_new)
         # A non-finite candidate (nan in the state, or f blowing up) stops shrinking at the
-        # resolution of the largest time in play: near t = 0 the test above would wait for
-        # denormal steps, hundreds of rejections.
-        underflow = underflow | (~finite & (jnp.abs(dt_new) <= in_loop[4]))
+        # resolution of t, but no lower than eps² t_big: near t = 0 the test above would wait
+        # for denormal steps, hundreds of rejections. (The resolution of the largest time in
+        # play, eps t_big, was too coarse near t = 0 for a long interval: with t1 = 1e4 in
+        # float32 a step of 1e-3 could not be tried.)
+        underflow = underflow | (
+            ~finite & (jnp.abs(dt_new) <= jnp.maximum(eps * jnp.abs(t), in_loop[4]))
+        )
         if static.has_dtmin:  # a step of dtmin (or a shorter last one) failed: no shrinking
             underflow = underflow | (jnp.abs(st.dt) <= dtmin) | (jnp.abs(dt) <= dtmin)
         if not solver.adaptive:

@@ -8,6 +8,7 @@ program.
 
 from __future__ import annotations
 
+import contextlib
 from typing import Any
 
 import equinox as eqx
@@ -328,8 +329,16 @@ def solve(
     if event is not None and not isinstance(event, Event):
         raise TypeError(f"event must be an odejax.Event or None, got {type(event).__name__}.")
     args = _arrays_for_floats(args)
-    try:
+    with explain_jvp_error(adjoint):
         return _solve_jit(f, z0, t0, t1, ts, args, opts, static, adjoint, event)
+
+
+@contextlib.contextmanager
+def explain_jvp_error(adjoint):
+    """Turn JAX's "can't apply forward-mode autodiff (jvp) to a custom_vjp function" into a
+    message naming ``adjoint`` and the one to use instead."""
+    try:
+        yield
     except TypeError as e:
         if isinstance(adjoint, BacksolveAdjoint) and "custom_vjp" in str(e):
             raise TypeError(JVP_OF_BACKSOLVE) from e

@@ -115,6 +115,11 @@ def test_shared_args_and_jit():
         (dict(ts=jnp.ones(1)), ValueError, "ts"),
         (dict(dense=True), TypeError, "dense"),
         (dict(t0=0.0), TypeError, "t0"),
+        (
+            dict(event=odejax.Event(lambda z, t, a: z[0]), adjoint="checkpoint"),
+            NotImplementedError,
+            "higher_order=True",
+        ),
     ],
 )
 def test_bad_input(kwargs, exc, match):
@@ -122,6 +127,14 @@ def test_bad_input(kwargs, exc, match):
     call.update(kwargs)
     with pytest.raises(exc, match=match):
         ensemble(**call)
+
+
+@pytest.mark.parametrize("adjoint", ["backsolve", "checkpoint"])
+def test_jvp_names_the_adjoint_to_use(adjoint):
+    """As for solve: jax.jvp of a custom reverse-mode rule gets odejax's message."""
+    mus = jnp.ones(4)
+    with pytest.raises(TypeError, match="adjoint='forward'"):
+        jax.jvp(lambda m: ensemble(vdp, jnp.ones((4, 2)), TS, m, adjoint=adjoint), (mus,), (mus,))
 
 
 # --- four devices, in a child process -----------------------------------------------------------

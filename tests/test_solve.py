@@ -549,6 +549,16 @@ def test_half_precision_error_norm_does_not_overflow(dtype):
     assert sol.result == Status.DT_UNDERFLOW
 
 
+@pytest.mark.parametrize("t1", [1e2, 1e4])
+def test_a_non_finite_trial_step_shrinks_near_t0_of_a_long_interval(t1):
+    """A first step that overflows is shrunk until it works: the floor for shrinking follows
+    the resolution of t (and eps² t1), not that of t1. It once ended this float32 solve at
+    t = 0 as NONFINITE whenever t1 >= 1e3."""
+    field = lambda z, t, a: -(z**3)  # noqa: E731  z(t) = 1 / sqrt(2t + 1e-4)
+    sol = odejax.solve(field, jnp.array([100.0], jnp.float32), 0.0, t1, dt0=0.01)
+    np.testing.assert_allclose(float(sol.zs[-1, 0]), 1 / np.sqrt(2 * t1 + 1e-4), rtol=1e-4)
+
+
 def test_dtmin_above_dtmax():
     with pytest.raises(ValueError, match="dtmin must not exceed dtmax"):
         odejax.solve(blow_up, jnp.ones(1), 0.0, 0.5, dtmin=0.5, dtmax=0.1)
