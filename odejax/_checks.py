@@ -62,7 +62,7 @@ STEP_RULES = {
 }
 
 
-DTMIN_ABOVE_DTMAX = "dtmin must not exceed dtmax."
+DTMIN_ABOVE_DTMAX = "dtmin must not exceed dtmax"
 
 
 def state_dtype(z0) -> jnp.dtype:

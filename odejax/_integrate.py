@@ -246,7 +246,7 @@ def integrate(f, z0, t0, t1, ts, args, opts: Options, static: Static, event=None
         dtmin = checked(dtmin, "dtmin") if static.has_dtmin else dtmin
         dtmax = checked(dtmax, "dtmax") if static.has_dtmax else dtmax
         if static.has_dtmin and static.has_dtmax:
-            dtmin = eqx.error_if(dtmin, dtmin > dtmax, _checks.DTMIN_ABOVE_DTMAX)
+            dtmin = eqx.error_if(dtmin, dtmin > dtmax, f"{_checks.DTMIN_ABOVE_DTMAX}.")
 
     def bounded(dt):
         """``dt`` with its size kept within ``[dtmin, dtmax]`` (those given)."""

@@ -310,7 +310,7 @@ def solve(
     if dtmin is not None and dtmax is not None and _known(opts.dtmin) and _known(opts.dtmax):
         if float(opts.dtmin) > float(opts.dtmax):
             raise ValueError(
-                f"{_checks.DTMIN_ABOVE_DTMAX[:-1]}, got dtmin={float(opts.dtmin)} and"
+                f"{_checks.DTMIN_ABOVE_DTMAX}, got dtmin={float(opts.dtmin)} and"
                 f" dtmax={float(opts.dtmax)}."
             )
     static = Static(

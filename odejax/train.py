@@ -41,28 +41,18 @@ def _aux_scalars(aux: Any) -> dict[str, float]:
     return out
 
 
-def _takes_key(loss_fn) -> bool:
-    """Whether ``loss_fn`` accepts a third positional argument (the per-step key)."""
+def _key_argument(loss_fn) -> tuple[bool, bool]:
+    """Whether ``loss_fn`` accepts a third positional argument (the per-step key), and whether
+    it requires one (a third positional argument without a default)."""
     try:
-        params = inspect.signature(loss_fn).parameters.values()
+        params = list(inspect.signature(loss_fn).parameters.values())
     except (TypeError, ValueError):
-        return False
-    kinds = [p.kind for p in params]
-    if inspect.Parameter.VAR_POSITIONAL in kinds:
-        return True
-    positional = (inspect.Parameter.POSITIONAL_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD)
-    return sum(k in positional for k in kinds) >= 3
-
-
-def _needs_key(loss_fn) -> bool:
-    """Whether ``loss_fn`` requires a third positional argument (one without a default)."""
-    try:
-        params = inspect.signature(loss_fn).parameters.values()
-    except (TypeError, ValueError):
-        return False
-    positional = (inspect.Parameter.POSITIONAL_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD)
-    required = [p for p in params if p.kind in positional and p.default is p.empty]
-    return len(required) >= 3
+        return False, False
+    kinds = (inspect.Parameter.POSITIONAL_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD)
+    positional = [p for p in params if p.kind in kinds]
+    takes = len(positional) >= 3 or any(p.kind == p.VAR_POSITIONAL for p in params)
+    needs = sum(p.default is p.empty for p in positional) >= 3
+    return takes, needs
 
 
 def _batch_source(batches, key: Array | None, steps: int | None):
@@ -168,12 +158,13 @@ def fit(
     steps = None if steps is None else int(steps)
     log_every = None if log_every is None else int(log_every)
     optimizer = optax.adam(1e-3) if optimizer is None else optimizer
-    if key is None and _needs_key(loss_fn):
+    takes_key, needs_key = _key_argument(loss_fn)
+    if key is None and needs_key:
         raise ValueError(
             "fit: loss_fn takes a third argument (a per-step key) with no default, so fit needs"
             " key= (a jax.random key)."
         )
-    with_key = key is not None and _takes_key(loss_fn)
+    with_key = key is not None and takes_key
     source = _batch_source(batches, key, steps)
 
     def call_loss(m, batch, k):
@@ -251,6 +242,8 @@ def _make_step(loss_fn, with_key: bool, optimizer, has_aux: bool, program: str |
 
 
 def _build_step(loss_fn, with_key: bool, optimizer, has_aux: bool, program: str | None = None):
+    """The jitted step; ``program`` is not used here, only by ``_cached_step``'s key."""
+
     def loss_aux(m, batch, k):
         out = _call_loss(loss_fn, with_key, m, batch, k)
         return out if has_aux else (out, None)

@@ -230,6 +230,10 @@ class CNF(eqx.Module):
             raise ValueError(
                 f"{name} must have shape ({D},) (the CNF's data_size), got shape {x.shape}."
             )
+        return self._check_dtype(x, name, method)
+
+    def _check_dtype(self, x: Array, name: str, method: str) -> Array:
+        """``x``, if the parameters' dtype does not widen it; else a ValueError naming both."""
         dtype = self._dtype()
         if jnp.promote_types(x.dtype, dtype) != x.dtype:
             raise ValueError(
@@ -344,12 +348,7 @@ class CNF(eqx.Module):
                 f"CNF.batch_log_prob takes a batch: xs must have shape (N, {self.data_size}),"
                 f" got shape {xs.shape}."
             )
-        if jnp.promote_types(xs.dtype, self._dtype()) != xs.dtype:
-            raise ValueError(
-                f"CNF.batch_log_prob: xs has dtype {xs.dtype} but the CNF's parameters are"
-                f" {self._dtype()}: pass xs.astype(jnp.{self._dtype()}), or build the field"
-                f" with dtype=jnp.{xs.dtype}."
-            )
+        xs = self._check_dtype(xs, "xs", "batch_log_prob")
         eps = None
         if self.trace == "hutchinson":
             if key is None:
