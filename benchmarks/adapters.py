@@ -58,10 +58,11 @@ TORCH_THREADS: dict[str, int] = {}  # {"threads": n} from --torch-threads
 
 def torch_threads() -> int:
     """Set and return torch's intra-op threads: ``--torch-threads``, by default one per core
-    (as XLA's CPU thread pool)."""
+    this process may run on (as XLA's CPU thread pool)."""
     import torch
 
-    threads = TORCH_THREADS.get("threads") or os.cpu_count() or 1
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    threads = TORCH_THREADS.get("threads") or cores or 1
     if torch.get_num_threads() != threads:
         torch.set_num_threads(threads)
     return threads

@@ -86,7 +86,7 @@ def environment(command: str, mode: str, settings: Settings) -> dict:
         "command": command,
         "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
         "cpu": _cpu_model(),
-        "cores": os.cpu_count(),
+        "cores": _cores(),
         "load_average": [round(x, 2) for x in os.getloadavg()],
         "platform": platform.platform(),
         "backend": jax.default_backend(),
@@ -101,6 +101,13 @@ def environment(command: str, mode: str, settings: Settings) -> dict:
         "torch_threads": _torch_threads(),
         "xla_flags": os.environ.get("XLA_FLAGS", ""),
     }
+
+
+def _cores() -> int | None:
+    """The CPUs this process may run on (``--cpus`` restricts them), else the machine's count."""
+    if hasattr(os, "sched_getaffinity"):
+        return len(os.sched_getaffinity(0))
+    return os.cpu_count()
 
 
 def _torch_threads() -> int | None:
@@ -334,11 +341,12 @@ def markdown(env: dict, adapters: list[Adapter], run: Run, verdicts, workloads) 
     """The whole report as markdown."""
     v = env["versions"]
     s = env["settings"]
+    cores = f"{env['cores']} core{'s' if env['cores'] != 1 else ''}"
     lines = [
         "# odejax benchmarks",
         "",
         f"- Command: `{env['command']}` ({env['mode']} mode), {env['date']}",
-        f"- Machine: {env['cpu']}, {env['cores']} cores, JAX backend {env['backend']}; load "
+        f"- Machine: {env['cpu']}, {cores}, JAX backend {env['backend']}; load "
         f"average at the start {' / '.join(map(str, env['load_average_at_start']))}, at the end "
         f"{' / '.join(map(str, env['load_average']))} (1 / 5 / 15 min); {env['wall_s']:.0f} s",
         f"- Versions: Python {env['python']}, jax {v['jax']}, jaxlib {v['jaxlib']}, diffrax "

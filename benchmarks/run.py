@@ -62,7 +62,19 @@ def main(argv: list[str] | None = None) -> None:
         default=None,
         help="torch's intra-op threads (default: one per core, as XLA's CPU thread pool)",
     )
+    parser.add_argument(
+        "--cpus",
+        type=int,
+        default=None,
+        help="run every implementation on the first N of this process's CPUs only (before JAX"
+        " starts, so XLA's thread pools are sized to them); default: all",
+    )
     args = parser.parse_args(argv)
+    if args.cpus is not None:
+        allowed = sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else []
+        if not 1 <= args.cpus <= len(allowed):
+            parser.error(f"--cpus must be between 1 and {len(allowed)} (this process's CPUs)")
+        os.sched_setaffinity(0, allowed[: args.cpus])
     if args.torch_threads is not None:
         if args.torch_threads < 1:
             parser.error("--torch-threads must be at least 1")

@@ -41,6 +41,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from jax import Array, lax
+from jax.custom_derivatives import CustomVJPPrimal, SymbolicZero
 
 from ._guard import forward_only
 from ._pack import Scalars, packed_while, zeros_after
@@ -285,13 +286,24 @@ def _loop(static, layout, max_steps, init, buffers, ts, t_end, dyn):
     return run_loop(eqx.combine(dyn, static), ts, t_end, init, buffers)
 
 
+def _primal(tree):
+    """The values inside ``jax.custom_vjp``'s primal wrappers (``symbolic_zeros=True``)."""
+    is_primal = lambda x: isinstance(x, CustomVJPPrimal)  # noqa: E731
+    return jax.tree.map(lambda x: x.value if is_primal(x) else x, tree, is_leaf=is_primal)
+
+
 def _loop_fwd(static, layout, max_steps, init, buffers, ts, t_end, dyn):
+    init, buffers, ts, t_end, dyn = _primal((init, buffers, ts, t_end, dyn))
     fns = eqx.combine(dyn, static)
     plan, mask = layout
     num = -(-max_steps // plan[0]) + 1
     rows = _Rows(init, mask)
     snaps = rows.empty(num, fill=init)  # row 0 holds the start also when no step is taken
-    ring = rows.empty(-(-plan[0] // plan[1]), anchor=t_end) if len(plan) > 1 else None
+    # The ring and the integer stores wait for a sum over the start (see odejax._pack): made
+    # from the inputs, they would be ready with the other stores, in one wave.
+    late = jnp.sum(next(a[0] for a in snaps if _inexact(a)))
+    snaps = [a if _inexact(a) else a + zeros_after(late, (), a.dtype) for a in snaps]
+    ring = rows.empty(-(-plan[0] // plan[1]), anchor=late) if len(plan) > 1 else None
     (c, bufs, (snaps, ring), total), zs = _forward(
         fns, ts, t_end, init, buffers, (snaps, ring), plan[0], rows
     )
@@ -318,11 +330,46 @@ def _add(acc, new):
     return jax.tree.map(jnp.add, acc, new)
 
 
-def _zeros(tree, anchor):
-    return jax.tree.map(
-        lambda x: zeros_after(anchor, jnp.shape(x), jnp.result_type(x)) if _inexact(x) else None,
-        tree,
-    )
+class _Flat:
+    """The inexact leaves of a pytree like ``example`` as one vector per dtype, and back.
+
+    The backward pass accumulates the cotangents of the arrays ``step`` and ``read`` close over
+    (a network's weights) in these: one buffer per dtype to start from zeros and to add to, not
+    one per array (see odejax._pack)."""
+
+    def __init__(self, example):
+        leaves, self.treedef = jax.tree.flatten(_diff(example), is_leaf=lambda x: x is None)
+        self.avals = [None if x is None else (jnp.shape(x), jnp.result_type(x)) for x in leaves]
+        self.groups = sorted({a[1] for a in self.avals if a is not None}, key=lambda d: d.name)
+
+    def zeros(self, anchor) -> list:
+        sizes = [
+            sum(int(np.prod(a[0])) for a in self.avals if a and a[1] == g) for g in self.groups
+        ]
+        return [zeros_after(anchor, (n,), g) for n, g in zip(sizes, self.groups)]
+
+    def add(self, flat: list, tree) -> list:
+        leaves = jax.tree.leaves(tree, is_leaf=lambda x: x is None)
+        return [
+            f
+            + jnp.concatenate(
+                [jnp.ravel(x).astype(g) for x, a in zip(leaves, self.avals) if a and a[1] == g]
+            )
+            for f, g in zip(flat, self.groups)
+        ]
+
+    def unpack(self, flat: list):
+        offsets = [0] * len(self.groups)
+        out = []
+        for a in self.avals:
+            if a is None:
+                out.append(None)
+                continue
+            g = self.groups.index(a[1])
+            n = int(np.prod(a[0]))
+            out.append(flat[g][offsets[g] : offsets[g] + n].reshape(a[0]))
+            offsets[g] += n
+        return jax.tree.unflatten(self.treedef, out)
 
 
 def _first_float(tree, default):
@@ -338,8 +385,22 @@ def _loop_bwd(static, layout, max_steps, res, ct):
     plan, mask = layout
     rows = _Rows(final, mask, scratch)  # restored carries hold init's unstored leaves
     fns = eqx.combine(dyn, static)
-    c_bar, zs_bar, bufs_bar = ct
+    # Cotangents of outputs the caller does not use arrive as symbolic zeros; their buffers are
+    # made here, once a cotangent that is used has arrived (see odejax._pack).
+    is_zero = lambda x: isinstance(x, SymbolicZero)  # noqa: E731
+    used = [x for x in jax.tree.leaves(ct, is_leaf=is_zero) if not is_zero(x)]
+    anchor = _first_float(used, t_end)
+
+    def instantiate(b):
+        if not is_zero(b):
+            return b
+        if jnp.issubdtype(b.dtype, jnp.inexact):
+            return zeros_after(anchor, b.shape, b.dtype)
+        return np.zeros(b.shape, b.dtype)  # float0: the cotangent of an integer output
+
+    c_bar, zs_bar, bufs_bar = jax.tree.map(instantiate, ct, is_leaf=is_zero)
     c_bar = jax.tree.map(lambda b, x: b.astype(x.dtype), _diff(c_bar), _diff(final))
+    step_flat, read_flat = _Flat(dyn.step), _Flat(dyn.read)
 
     chunk = max(1, min(READ_CHUNK, ts.shape[0]))
 
@@ -364,7 +425,7 @@ def _loop_bwd(static, layout, max_steps, res, ct):
         d_bar, ti_bar, p_bar = vjp(zk_bar)
         return r._replace(
             c_bar=_add(r.c_bar, d_bar),
-            read_bar=_add(r.read_bar, p_bar),
+            read_bar=read_flat.add(r.read_bar, p_bar),
             ts_bar=r.ts_bar.at[jnp.where(ok, k, ts.shape[0])].add(ti_bar, mode="drop"),
             pending=r.pending - jnp.sum(ok.astype(jnp.int32)),
         )
@@ -392,7 +453,7 @@ def _loop_bwd(static, layout, max_steps, res, ct):
             for i, b in zip(idx, bufs_bar)
         )
         d_bar, p_bar = vjp((r.c_bar, w_bar))
-        return r._replace(c_bar=d_bar, step_bar=_add(r.step_bar, p_bar))
+        return r._replace(c_bar=d_bar, step_bar=step_flat.add(r.step_bar, p_bar))
 
     def advance(c, count):
         """``count`` steps from ``c``."""
@@ -459,15 +520,14 @@ def _loop_bwd(static, layout, max_steps, res, ct):
 
     # The zeros below are computed from the incoming cotangent: they wait for it, rather than
     # join the first kernels of the whole program (see odejax._pack).
-    anchor = _first_float((zs_bar, c_bar), t_end)
     pending = jnp.zeros((), jnp.int32)
     if fns.read is not None:  # the saves the solve reached
         reached = jax.vmap(lambda ti: ~fns.before(final, ti))(ts)
         pending = jnp.sum(reached.astype(jnp.int32))
     r = _Reverse(
         c_bar=c_bar,
-        step_bar=_zeros(dyn.step, anchor),
-        read_bar=_zeros(dyn.read, anchor),
+        step_bar=step_flat.zeros(anchor),
+        read_bar=read_flat.zeros(anchor),
         ts_bar=zeros_after(anchor, ts.shape, ts.dtype),
         pending=pending,
     )
@@ -480,13 +540,17 @@ def _loop_bwd(static, layout, max_steps, res, ct):
             return jnp.ones((), bool)
 
         r = packed_while(lambda r: r.pending > 0, lambda r: read_back(init, every, r), r)
+    # Zero cotangents go back as None (symbolic zeros): no buffers.
     dyn_bar = LoopFns(
-        r.step_bar, _zeros(dyn.running, anchor), _zeros(dyn.before, anchor), r.read_bar
+        step_flat.unpack(r.step_bar),
+        jax.tree.map(lambda _: None, dyn.running),
+        jax.tree.map(lambda _: None, dyn.before),
+        read_flat.unpack(r.read_bar),
     )
-    bufs0_bar = tuple(jnp.zeros_like(b) for b in bufs_bar)
-    out = (r.c_bar, bufs0_bar, r.ts_bar, jnp.zeros_like(t_end), dyn_bar)
+    bufs0_bar = tuple(None for _ in bufs_bar)
+    out = (r.c_bar, bufs0_bar, r.ts_bar, None, dyn_bar)
     # Differentiating these cotangents again works forward (jvp) but not in reverse.
     return jax.tree.map(lambda x: forward_only(x, SECOND_ORDER), out)
 
 
-_loop.defvjp(_loop_fwd, _loop_bwd)
+_loop.defvjp(_loop_fwd, _loop_bwd, symbolic_zeros=True)
