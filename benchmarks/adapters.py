@@ -25,6 +25,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from .counting import Counter
+from .ensemble import process_cpus
 from .problems import Case
 
 __all__ = ["ADAPTERS", "MAX_STEPS", "Adapter"]
@@ -61,8 +62,7 @@ def torch_threads() -> int:
     this process may run on (as XLA's CPU thread pool)."""
     import torch
 
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    threads = TORCH_THREADS.get("threads") or cores or 1
+    threads = TORCH_THREADS.get("threads") or len(process_cpus()) or os.cpu_count() or 1
     if torch.get_num_threads() != threads:
         torch.set_num_threads(threads)
     return threads

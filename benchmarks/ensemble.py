@@ -35,6 +35,12 @@ MU_RANGE = (0.5, 50.0)
 SAMPLE = 8  # members whose final state is checked against SciPy's DOP853
 
 
+def process_cpus() -> list[int]:
+    """The CPUs this process may run on, sorted (``benchmarks.run --cpus`` restricts them);
+    empty where the platform cannot tell."""
+    return sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else []
+
+
 def _child(devices: int, batch: int, t1: float, repeats: int) -> dict:
     import jax
     import jax.numpy as jnp
@@ -190,7 +196,7 @@ def measure(repeats: int, log, batch: int = 128, t1: float = 50.0) -> list[dict]
     real cores) as :func:`main` runs them, for ``benchmarks.run``; each run dict gains
     ``max_error`` (see :func:`sample_error`)."""
     args = argparse.Namespace(batch=batch, t1=t1, repeats=repeats)
-    cpus = sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else []
+    cpus = process_cpus()
     pin = shutil.which("taskset") is not None and len(cpus) >= 2
     if not pin:
         log("ensemble: cannot pin to 1 and 2 cores (no taskset or < 2 cores)", keep=True)
@@ -226,7 +232,7 @@ def main(argv=None) -> None:
     if args.batch % 4:
         parser.error("--batch must be a multiple of 4")
 
-    cpus = sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else []
+    cpus = process_cpus()
     pin = shutil.which("taskset") is not None and len(cpus) >= 2
     runs = [_run_child(4, None, args)]
     runs.append(_run_child(1, cpus[:1] if pin else None, args))

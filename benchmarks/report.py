@@ -14,6 +14,7 @@ from pathlib import Path
 import jax
 
 from .adapters import Adapter
+from .ensemble import process_cpus
 from .ensemble import table as ensemble_table
 from .records import (
     GradResult,
@@ -86,7 +87,7 @@ def environment(command: str, mode: str, settings: Settings) -> dict:
         "command": command,
         "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
         "cpu": _cpu_model(),
-        "cores": _cores(),
+        "cores": len(process_cpus()) or os.cpu_count(),
         "load_average": [round(x, 2) for x in os.getloadavg()],
         "platform": platform.platform(),
         "backend": jax.default_backend(),
@@ -101,13 +102,6 @@ def environment(command: str, mode: str, settings: Settings) -> dict:
         "torch_threads": _torch_threads(),
         "xla_flags": os.environ.get("XLA_FLAGS", ""),
     }
-
-
-def _cores() -> int | None:
-    """The CPUs this process may run on (``--cpus`` restricts them), else the machine's count."""
-    if hasattr(os, "sched_getaffinity"):
-        return len(os.sched_getaffinity(0))
-    return os.cpu_count()
 
 
 def _torch_threads() -> int | None:

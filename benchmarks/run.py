@@ -18,6 +18,7 @@ import jax
 from . import report
 from . import stiff_hook as stiff
 from .adapters import ADAPTERS, TORCH_THREADS
+from .ensemble import process_cpus
 from .gradients import measure_grad_vdp, measure_memory
 from .precision import measure_precision, plot_precision
 from .records import Run
@@ -71,7 +72,7 @@ def main(argv: list[str] | None = None) -> None:
     )
     args = parser.parse_args(argv)
     if args.cpus is not None:
-        allowed = sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else []
+        allowed = process_cpus()
         if not 1 <= args.cpus <= len(allowed):
             parser.error(f"--cpus must be between 1 and {len(allowed)} (this process's CPUs)")
         os.sched_setaffinity(0, allowed[: args.cpus])

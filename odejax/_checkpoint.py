@@ -164,7 +164,8 @@ def solve_loop(
 
 
 class _Rows:
-    """Stored carries as a few 2-D arrays, one per dtype: row ``j`` is one carry, raveled.
+    """Stored carries as a few 2-D arrays, one per dtype: row ``j`` is one carry, raveled (the
+    backward pass also sums the weights' cotangents in a one-row store, :meth:`accumulate`).
 
     One array per dtype (not one per leaf) keeps a store to a couple of buffers, written with
     one update per dtype. Only the leaves marked in ``mask`` are stored; :meth:`get` takes the
@@ -204,6 +205,10 @@ class _Rows:
 
     def put(self, store: list, j, c) -> list:
         return [a.at[j].set(v) for a, v in zip(store, self._pack(c))]
+
+    def accumulate(self, store: list, c) -> list:
+        """``c`` added to every row (to the one row of an accumulator)."""
+        return [a + v for a, v in zip(store, self._pack(c))]
 
     def get(self, store: list, j):
         rows = [a[j] for a in store]
@@ -330,48 +335,6 @@ def _add(acc, new):
     return jax.tree.map(jnp.add, acc, new)
 
 
-class _Flat:
-    """The inexact leaves of a pytree like ``example`` as one vector per dtype, and back.
-
-    The backward pass accumulates the cotangents of the arrays ``step`` and ``read`` close over
-    (a network's weights) in these: one buffer per dtype to start from zeros and to add to, not
-    one per array (see odejax._pack)."""
-
-    def __init__(self, example):
-        leaves, self.treedef = jax.tree.flatten(_diff(example), is_leaf=lambda x: x is None)
-        self.avals = [None if x is None else (jnp.shape(x), jnp.result_type(x)) for x in leaves]
-        self.groups = sorted({a[1] for a in self.avals if a is not None}, key=lambda d: d.name)
-
-    def zeros(self, anchor) -> list:
-        sizes = [
-            sum(int(np.prod(a[0])) for a in self.avals if a and a[1] == g) for g in self.groups
-        ]
-        return [zeros_after(anchor, (n,), g) for n, g in zip(sizes, self.groups)]
-
-    def add(self, flat: list, tree) -> list:
-        leaves = jax.tree.leaves(tree, is_leaf=lambda x: x is None)
-        return [
-            f
-            + jnp.concatenate(
-                [jnp.ravel(x).astype(g) for x, a in zip(leaves, self.avals) if a and a[1] == g]
-            )
-            for f, g in zip(flat, self.groups)
-        ]
-
-    def unpack(self, flat: list):
-        offsets = [0] * len(self.groups)
-        out = []
-        for a in self.avals:
-            if a is None:
-                out.append(None)
-                continue
-            g = self.groups.index(a[1])
-            n = int(np.prod(a[0]))
-            out.append(flat[g][offsets[g] : offsets[g] + n].reshape(a[0]))
-            offsets[g] += n
-        return jax.tree.unflatten(self.treedef, out)
-
-
 def _first_float(tree, default):
     """A float scalar of ``tree`` (its first non-empty inexact leaf), else ``default``."""
     for x in jax.tree.leaves(tree):
@@ -400,7 +363,15 @@ def _loop_bwd(static, layout, max_steps, res, ct):
 
     c_bar, zs_bar, bufs_bar = jax.tree.map(instantiate, ct, is_leaf=is_zero)
     c_bar = jax.tree.map(lambda b, x: b.astype(x.dtype), _diff(c_bar), _diff(final))
-    step_flat, read_flat = _Flat(dyn.step), _Flat(dyn.read)
+
+    def accumulator(tree):
+        """The cotangents of the arrays ``tree`` holds (a network's weights, say) accumulate in
+        one row per dtype, not one buffer per array: one zero buffer to start from, one kernel
+        per reversed step to add to (see odejax._pack)."""
+        tree = _diff(tree)
+        return _Rows(tree, (True,) * len(jax.tree.leaves(tree)))
+
+    step_rows, read_rows = accumulator(dyn.step), accumulator(dyn.read)
 
     chunk = max(1, min(READ_CHUNK, ts.shape[0]))
 
@@ -425,7 +396,7 @@ def _loop_bwd(static, layout, max_steps, res, ct):
         d_bar, ti_bar, p_bar = vjp(zk_bar)
         return r._replace(
             c_bar=_add(r.c_bar, d_bar),
-            read_bar=read_flat.add(r.read_bar, p_bar),
+            read_bar=read_rows.accumulate(r.read_bar, p_bar),
             ts_bar=r.ts_bar.at[jnp.where(ok, k, ts.shape[0])].add(ti_bar, mode="drop"),
             pending=r.pending - jnp.sum(ok.astype(jnp.int32)),
         )
@@ -453,7 +424,7 @@ def _loop_bwd(static, layout, max_steps, res, ct):
             for i, b in zip(idx, bufs_bar)
         )
         d_bar, p_bar = vjp((r.c_bar, w_bar))
-        return r._replace(c_bar=d_bar, step_bar=step_flat.add(r.step_bar, p_bar))
+        return r._replace(c_bar=d_bar, step_bar=step_rows.accumulate(r.step_bar, p_bar))
 
     def advance(c, count):
         """``count`` steps from ``c``."""
@@ -526,8 +497,8 @@ def _loop_bwd(static, layout, max_steps, res, ct):
         pending = jnp.sum(reached.astype(jnp.int32))
     r = _Reverse(
         c_bar=c_bar,
-        step_bar=step_flat.zeros(anchor),
-        read_bar=read_flat.zeros(anchor),
+        step_bar=step_rows.empty(1, anchor=anchor),
+        read_bar=read_rows.empty(1, anchor=anchor),
         ts_bar=zeros_after(anchor, ts.shape, ts.dtype),
         pending=pending,
     )
@@ -542,10 +513,10 @@ def _loop_bwd(static, layout, max_steps, res, ct):
         r = packed_while(lambda r: r.pending > 0, lambda r: read_back(init, every, r), r)
     # Zero cotangents go back as None (symbolic zeros): no buffers.
     dyn_bar = LoopFns(
-        step_flat.unpack(r.step_bar),
+        step_rows.get(r.step_bar, 0),
         jax.tree.map(lambda _: None, dyn.running),
         jax.tree.map(lambda _: None, dyn.before),
-        read_flat.unpack(r.read_bar),
+        read_rows.get(r.read_bar, 0),
     )
     bufs0_bar = tuple(None for _ in bufs_bar)
     out = (r.c_bar, bufs0_bar, r.ts_bar, None, dyn_bar)
